@@ -1,0 +1,57 @@
+"""RoI feature extractors with one call signature: ``pooler(features, boxes, image_sizes)``.
+
+``features`` is the backbone's dict of maps, ``boxes`` a list of (R_i, 4) xyxy boxes in input
+image coordinates, ``image_sizes`` a list of (H, W). The result is (sum R_i, C, S, S).
+For FPN models use torchvision's ``MultiScaleRoIAlign`` directly (same signature).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.ops import roi_align, roi_pool
+
+POOL_TYPES = ("align", "pool")
+
+
+class SingleLevelRoIPooler(nn.Module):
+    """RoIAlign (default) or the paper's RoIPool on one feature map of known stride."""
+
+    def __init__(
+        self,
+        *,
+        feature_name: str,
+        output_size: int,
+        stride: int,
+        pool_type: str = "align",
+        sampling_ratio: int = 0,
+        aligned: bool = True,
+    ) -> None:
+        super().__init__()
+        if pool_type not in POOL_TYPES:
+            raise ValueError(f"unknown pool_type {pool_type!r}; allowed: {', '.join(POOL_TYPES)}")
+        self.feature_name = feature_name
+        self.output_size = (output_size, output_size)
+        self.spatial_scale = 1.0 / stride
+        self.pool_type = pool_type
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        boxes: list[torch.Tensor],
+        image_sizes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        x = features[self.feature_name]
+        boxes = [b.to(x.dtype) for b in boxes]
+        if self.pool_type == "pool":
+            return roi_pool(x, boxes, self.output_size, self.spatial_scale)
+        return roi_align(
+            x,
+            boxes,
+            self.output_size,
+            spatial_scale=self.spatial_scale,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+        )

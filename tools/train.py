@@ -1,0 +1,24 @@
+"""Train a detector: ``python tools/train.py [model=...] [dataset=...] [key=value ...]``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import detector  # noqa: F401  (registers the config resolvers)
+from detector.engine.train import train
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("detector").setLevel(logging.INFO)
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
