@@ -47,11 +47,15 @@ def test_frozen_bn_unchanged_after_training_step():
     model = build_model_from_config(
         "faster_rcnn_r101_c4",
         num_classes=3,
-        overrides={"model.rpn_post_nms_top_n": {"training": 64, "testing": 32},
-                   "model.roi_batch_size_per_image": 16},
+        overrides={
+            "model.rpn_post_nms_top_n": {"training": 64, "testing": 32},
+            "model.roi_batch_size_per_image": 16,
+        },
     )
     model.train()
-    before = {k: v.clone() for k, v in model.state_dict().items() if "bn" in k or "downsample.1" in k}
+    before = {
+        k: v.clone() for k, v in model.state_dict().items() if "bn" in k or "downsample.1" in k
+    }
     assert before
     params_before = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -63,8 +67,11 @@ def test_frozen_bn_unchanged_after_training_step():
     after = model.state_dict()
     for k, v in before.items():
         assert torch.equal(v, after[k]), f"{k} changed during training"
-    changed = [k for k, p in model.named_parameters() if p.requires_grad
-               and not torch.equal(params_before[k], p.detach())]
+    changed = [
+        k
+        for k, p in model.named_parameters()
+        if p.requires_grad and not torch.equal(params_before[k], p.detach())
+    ]
     assert changed, "the optimizer step changed nothing: the test would be vacuous"
 
 
@@ -92,7 +99,9 @@ def test_train_losses_and_eval_outputs_with_empty_targets(name):
     for det, img in zip(dets, images):
         assert det["boxes"].shape[1] == 4 and len(det["boxes"]) <= 100
         assert det["labels"].min() >= 1 and det["labels"].max() <= 4
-        assert (det["boxes"][:, 2] <= img.shape[2]).all() and (det["boxes"][:, 3] <= img.shape[1]).all()
+        assert (det["boxes"][:, 2] <= img.shape[2]).all() and (
+            det["boxes"][:, 3] <= img.shape[1]
+        ).all()
         assert torch.all(det["scores"][:-1] >= det["scores"][1:])
 
 
@@ -118,9 +127,14 @@ def test_bad_targets_are_rejected_with_clear_message():
     model = build_model_from_config("faster_rcnn_r18_c4", num_classes=3).train()
     images = [torch.rand(3, 64, 64)]
     with pytest.raises(ValueError, match="non-positive width or height"):
-        model(images, [{"boxes": torch.tensor([[10.0, 10.0, 10.0, 20.0]]), "labels": torch.tensor([1])}])
+        model(
+            images,
+            [{"boxes": torch.tensor([[10.0, 10.0, 10.0, 20.0]]), "labels": torch.tensor([1])}],
+        )
     with pytest.raises(ValueError, match=r"labels must be in 1\.\.3"):
-        model(images, [{"boxes": torch.tensor([[1.0, 1.0, 10.0, 20.0]]), "labels": torch.tensor([4])}])
+        model(
+            images, [{"boxes": torch.tensor([[1.0, 1.0, 10.0, 20.0]]), "labels": torch.tensor([4])}]
+        )
     with pytest.raises(ValueError, match="expected a float tensor"):
         model.eval()([torch.zeros(1, 64, 64)])
 
@@ -131,7 +145,11 @@ def test_fpn_matches_torchvision_fasterrcnn_resnet50_fpn():
     torch.manual_seed(0)
     k = 3
     tv = fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=k + 1, min_size=320, max_size=512,
+        weights=None,
+        weights_backbone=None,
+        num_classes=k + 1,
+        min_size=320,
+        max_size=512,
         box_score_thresh=0.01,
     )
     g = torch.Generator().manual_seed(1)

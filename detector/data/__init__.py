@@ -6,7 +6,11 @@ Every dataset follows the contract documented in :mod:`detector.data.base`.
 from detector.data.base import DetectionDataset, ImageRecord
 from detector.data.coco import CocoDetection
 from detector.data.loader import build_test_loader, build_train_loader, collate
-from detector.data.synthetic import SHAPE_CLASSES, SyntheticShapesDetection, ensure_synthetic_dataset
+from detector.data.synthetic import (
+    SHAPE_CLASSES,
+    SyntheticShapesDetection,
+    ensure_synthetic_dataset,
+)
 from detector.data.transforms import build_transforms
 from detector.data.voc import VOC_CLASSES, VOCDetection
 

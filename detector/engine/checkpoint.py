@@ -84,8 +84,10 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], *, source: str) 
     if mismatched or missing or unexpected:
         lines = [f"checkpoint {source} does not match the configured model:"]
         if mismatched:
-            lines.append(f"  {len(mismatched)} shape mismatches (e.g. class count), first: "
-                         + "; ".join(mismatched[:3]))
+            lines.append(
+                f"  {len(mismatched)} shape mismatches (e.g. class count), first: "
+                + "; ".join(mismatched[:3])
+            )
         if missing:
             lines.append(f"  {len(missing)} missing keys, first: {missing[:3]}")
         if unexpected:

@@ -59,8 +59,11 @@ class ProgressBar(HookBase):
             total = sum(v for k, v in self._avg.items() if k.startswith("loss_"))
             logger.info(
                 "iter %d/%d  total_loss %.4f  %s  lr %.3e",
-                t.iter, t.max_iter, total,
-                "  ".join(f"{k} {v:.4f}" for k, v in self._avg.items()), t.lr,
+                t.iter,
+                t.max_iter,
+                total,
+                "  ".join(f"{k} {v:.4f}" for k, v in self._avg.items()),
+                t.lr,
             )
 
     def after_train(self) -> None:

@@ -19,6 +19,7 @@ from detector.engine.hooks import FinalEvaluation, PeriodicCheckpointer, Progres
 from detector.engine.inference import evaluate_detector
 from detector.engine.schedule import WarmupSchedule
 from detector.engine.trainer import Trainer
+from detector.inference.build import build_test_model
 from detector.modeling.meta_arch import FasterRCNN
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,12 @@ def evaluate_on_val(
     dataset = build_dataset(cfg, "val")
     loader = build_test_loader(dataset, batch_size=1, num_workers=int(cfg.dataloader.num_workers))
     return evaluate_detector(
-        model, dataset, loader, device=device, output_dir=output_dir, engine=str(cfg.eval.engine)
+        build_test_model(cfg, model),
+        dataset,
+        loader,
+        device=device,
+        output_dir=output_dir,
+        engine=str(cfg.eval.engine),
     )
 
 
@@ -152,8 +158,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         hooks=hooks,
         clip_grad_norm=cfg.train.get("clip_grad_norm"),
     )
-    logger.info("training %s for %d iterations in %s", type(model).__name__, trainer.max_iter,
-                output_dir)
+    logger.info(
+        "training %s for %d iterations in %s", type(model).__name__, trainer.max_iter, output_dir
+    )
     metrics = trainer.train()
     if metrics:
         summary = {k: metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}

@@ -139,13 +139,13 @@ def _check_targets(targets: list[dict[str, Tensor]], num_classes: int) -> None:
                 f"target {i}: boxes must be (N, 4) with N labels, got boxes "
                 f"{tuple(boxes.shape)} and labels {tuple(labels.shape)}"
             )
-        if boxes.numel() and not bool(((boxes[:, 2:] > boxes[:, :2]).all())):
+        if boxes.numel() and not bool((boxes[:, 2:] > boxes[:, :2]).all()):
             bad = torch.where((boxes[:, 2:] <= boxes[:, :2]).any(dim=1))[0].tolist()
             raise ValueError(
                 f"target {i} (image_id {t.get('image_id')}): boxes {bad} have non-positive "
                 "width or height; the data layer should have dropped them"
             )
-        if labels.numel() and not (1 <= int(labels.min()) and int(labels.max()) <= num_classes):
+        if labels.numel() and not (int(labels.min()) >= 1 and int(labels.max()) <= num_classes):
             raise ValueError(
                 f"target {i}: labels must be in 1..{num_classes} (0 is background), got "
                 f"{labels.unique().tolist()}"

@@ -92,8 +92,12 @@ class StandardRoIHeads(nn.Module):
         self.box_head = box_head
         self.box_predictor = box_predictor
         self.num_classes = box_predictor.num_classes
-        self.proposal_matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False)
-        self.fg_bg_sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.proposal_matcher = Matcher(
+            fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=False
+        )
+        self.fg_bg_sampler = BalancedPositiveNegativeSampler(
+            batch_size_per_image, positive_fraction
+        )
         self.box_coder = BoxCoder(tuple(bbox_reg_weights))
         self.score_thresh = score_thresh
         self.nms_thresh = nms_thresh
@@ -179,9 +183,7 @@ class StandardRoIHeads(nn.Module):
         targets: list[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
         sampled = self.sample_proposals(proposals, targets)
-        logits, deltas = self.box_predictor(
-            self.box_features(features, sampled.boxes, image_sizes)
-        )
+        logits, deltas = self.box_predictor(self.box_features(features, sampled.boxes, image_sizes))
         return self.losses(logits, deltas, sampled)
 
     # ----------------------------------------------------------------- inference

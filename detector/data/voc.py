@@ -1,0 +1,265 @@
+"""Pascal VOC-format detection dataset (``Annotations/``, ``ImageSets/Main/``, ``JPEGImages/``).
+
+Coordinates: VOC XML boxes are 1-based *inclusive* pixel indices (a box covering the first 10
+pixel columns is ``xmin=1, xmax=10``). They become 0-based continuous xyxy as
+``(xmin - 1, ymin - 1, xmax, ymax)`` (that box: ``x1 = 0, x2 = 10``), then are clipped to the
+image. A box with ``xmax <= xmin`` or ``ymax <= ymin`` in the XML is a degenerate annotation
+(a click, not a box) and is skipped as "zero-area", with a warning naming the XML file.
+
+Labels are ``class_names.index(name) + 1``; category ids in ``coco_gt()`` equal the labels
+(``1..K``) and image ids are the 1-based position of the image in the split file. Difficult
+objects are excluded from the training targets unless ``keep_difficult``; ``coco_gt()``
+always contains them with ``"iscrowd": 1`` so that COCO evaluation ignores them.
+Objects whose name is not in ``class_names`` are skipped and counted (one warning per name).
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detector.data.base import (
+    DetectionDataset,
+    DetectionTransform,
+    ImageRecord,
+    SkipCounter,
+    make_record,
+    read_image_size,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The 20 Pascal VOC classes in the standard (devkit) order.
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+DIFFICULT = "difficult (kept in coco_gt as iscrowd)"
+
+
+@dataclass(frozen=True)
+class VOCObject:
+    """One parsed ``<object>``: 0-based xyxy box in original pixels, label ``1..K``."""
+
+    box: tuple[float, float, float, float]
+    label: int
+    difficult: bool
+
+
+class VOCDetection(DetectionDataset):
+    """One split of a VOC-layout dataset.
+
+    Args:
+        root: folder with ``Annotations/``, ``ImageSets/Main/<split>.txt``, ``JPEGImages/``.
+        split: split file name without ``.txt`` (e.g. ``"trainval"``).
+        class_names: the ``K`` class names, in label order (e.g. :data:`VOC_CLASSES`).
+        transforms: see :data:`detector.data.base.DetectionTransform`; ``None``: tensor only.
+        keep_difficult: also train on difficult objects.
+
+    Raises:
+        FileNotFoundError: missing split file, XML or image (named in the message).
+        ValueError: malformed XML (file named), empty or duplicate ``class_names``.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | Path,
+        split: str,
+        class_names: Sequence[str],
+        transforms: DetectionTransform | None = None,
+        keep_difficult: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.keep_difficult = keep_difficult
+        names = _check_class_names(class_names)
+        skips = SkipCounter(name=f"VOCDetection({self.root.name}/{split})")
+        parser = _VOCParser(class_names=names, skips=skips)
+
+        records: list[ImageRecord] = []
+        self._objects: list[list[VOCObject]] = []
+        for image_id, name in enumerate(read_split(self.root, split), start=1):
+            path, height, width, objects = parser.parse(self.root, name)
+            kept = [o for o in objects if keep_difficult or not o.difficult]
+            for _ in range(len(objects) - len(kept)):
+                skips.skip(DIFFICULT)
+            records.append(
+                make_record(
+                    image_id=image_id,
+                    path=path,
+                    height=height,
+                    width=width,
+                    boxes=[o.box for o in kept],
+                    labels=[o.label for o in kept],
+                )
+            )
+            self._objects.append(objects)
+
+        super().__init__(
+            records=records,
+            class_names=names,
+            label_to_cat_id={i + 1: i + 1 for i in range(len(names))},
+            transforms=transforms,
+        )
+        self.load_report = skips.summary(
+            num_images=len(records), num_boxes=sum(len(r.gt_labels) for r in records)
+        )
+        logger.info(self.load_report)
+
+    def coco_gt(self) -> dict[str, Any]:
+        """See :meth:`DetectionDataset.coco_gt`; difficult objects have ``iscrowd = 1``."""
+        annotations = []
+        for record, objects in zip(self.records, self._objects, strict=True):
+            for obj in objects:
+                x1, y1, x2, y2 = obj.box
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": record.image_id,
+                        "category_id": self.label_to_cat_id[obj.label],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "area": (x2 - x1) * (y2 - y1),
+                        "iscrowd": int(obj.difficult),
+                    }
+                )
+        return {
+            "info": {"description": f"ground truth from {self.root} split {self.split}"},
+            "images": self._coco_images(),
+            "annotations": annotations,
+            "categories": self._coco_categories(),
+        }
+
+
+def read_split(root: Path, split: str) -> list[str]:
+    """Image names listed in ``root/ImageSets/Main/<split>.txt`` (first token of each line)."""
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
+        raise FileNotFoundError(f"VOC split file not found: {split_file} (available: {available})")
+    names = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{split_file}: lists some images more than once")
+    return names
+
+
+def _check_class_names(class_names: Sequence[str]) -> list[str]:
+    if isinstance(class_names, str) or not class_names:
+        raise ValueError(f"class_names must be a non-empty list of names, got {class_names!r}")
+    names = [str(n) for n in class_names]
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names has duplicates: {names}")
+    return names
+
+
+class _VOCParser:
+    """Parses VOC XML files, counting (and warning about) the objects it leaves out."""
+
+    def __init__(self, *, class_names: list[str], skips: SkipCounter) -> None:
+        self.label_of = {n: i + 1 for i, n in enumerate(class_names)}
+        self.skips = skips
+        self._warned_names: set[str] = set()
+
+    def parse(self, root: Path, name: str) -> tuple[Path, int, int, list[VOCObject]]:
+        """``(image path, height, width, objects)`` of image ``name``."""
+        xml_file = root / "Annotations" / f"{name}.xml"
+        if not xml_file.is_file():
+            raise FileNotFoundError(f"VOC annotation not found: {xml_file}")
+        try:
+            tree = ET.parse(xml_file).getroot()
+        except ET.ParseError as err:
+            raise ValueError(f"{xml_file}: malformed XML: {err}") from err
+        path = _image_path(root, name, tree, xml_file)
+        height, width = _image_size(tree, path)
+        objects = []
+        for node in tree.iter("object"):
+            obj = self._parse_object(node, xml_file, height, width)
+            if obj is not None:
+                objects.append(obj)
+        return path, height, width, objects
+
+    def _parse_object(
+        self, node: ET.Element, xml_file: Path, height: int, width: int
+    ) -> VOCObject | None:
+        cls = (node.findtext("name") or "").strip()
+        if cls not in self.label_of:
+            if cls not in self._warned_names:
+                self._warned_names.add(cls)
+                logger.warning(
+                    "%s: class %r (first seen in %s) is not in class_names; its boxes are skipped",
+                    self.skips.name,
+                    cls,
+                    xml_file.name,
+                )
+            self.skips.skip(f"class not in class_names ({cls!r})")
+            return None
+        try:
+            xmin, ymin, xmax, ymax = (
+                float(node.findtext(f"bndbox/{k}") or "nan")
+                for k in ("xmin", "ymin", "xmax", "ymax")
+            )
+        except ValueError as err:
+            raise ValueError(f"{xml_file}: malformed bndbox for {cls!r}: {err}") from err
+        if not all(v == v for v in (xmin, ymin, xmax, ymax)):  # NaN: missing coordinate
+            raise ValueError(f"{xml_file}: bndbox of a {cls!r} object lacks a coordinate")
+        if xmax <= xmin or ymax <= ymin:
+            detail = f"{cls} xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
+            self.skips.skip("zero-area", file=xml_file.name, detail=detail)
+            return None
+        box = (
+            min(max(xmin - 1.0, 0.0), width),
+            min(max(ymin - 1.0, 0.0), height),
+            min(max(xmax, 0.0), width),
+            min(max(ymax, 0.0), height),
+        )
+        if box[2] <= box[0] or box[3] <= box[1]:
+            self.skips.skip("outside the image", file=xml_file.name, detail=f"{cls} {box}")
+            return None
+        difficult = (node.findtext("difficult") or "0").strip() not in ("0", "")
+        return VOCObject(box=box, label=self.label_of[cls], difficult=difficult)
+
+
+def _image_path(root: Path, name: str, tree: ET.Element, xml_file: Path) -> Path:
+    path = root / "JPEGImages" / f"{name}.jpg"
+    if path.is_file():
+        return path
+    filename = (tree.findtext("filename") or "").strip()
+    if filename and (root / "JPEGImages" / filename).is_file():
+        return root / "JPEGImages" / filename
+    raise FileNotFoundError(f"{xml_file}: image not found (tried {path} and <filename>)")
+
+
+def _image_size(tree: ET.Element, path: Path) -> tuple[int, int]:
+    """``(height, width)`` from ``<size>``, or from the image header when absent or zero."""
+    try:
+        height = int(float(tree.findtext("size/height") or 0))
+        width = int(float(tree.findtext("size/width") or 0))
+    except ValueError:
+        height = width = 0
+    if height > 0 and width > 0:
+        return height, width
+    logger.warning("%s: no usable <size> in the XML; reading it from the image header", path.name)
+    return read_image_size(path)

@@ -1,0 +1,34 @@
+"""Evaluate a trained detector or score a results file.
+
+``python tools/eval.py checkpoint=<run dir or .pth> [overrides]`` rebuilds the model from the
+run's saved config and prints the COCO table; ``results=<file.json>`` scores a COCO results file
+against the configured dataset's val annotations without a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import detector  # noqa: F401  (registers the config resolvers)
+from detector.engine.evaluate import evaluate
+from detector.engine.score import score_results
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("detector").setLevel(logging.INFO)
+    if cfg.get("results"):
+        score_results(cfg)
+    else:
+        evaluate(cfg, list(HydraConfig.get().overrides.task))
+
+
+if __name__ == "__main__":
+    main()
