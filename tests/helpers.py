@@ -25,9 +25,11 @@ def compose_config(config_name: str = "train", overrides: list[str] | None = Non
 def build_model_from_config(
     model: str, *, num_classes: int, overrides: dict[str, Any] | None = None
 ) -> FasterRCNN:
-    """Instantiate ``configs/model/<model>.yaml`` with ``num_classes`` and dotted overrides."""
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "configs" / "model"), version_base="1.3"):
-        model_cfg = compose(config_name=model)
+    """Instantiate ``configs/model/<model>.yaml`` with ``num_classes`` and dotted overrides.
+
+    Composed through the root config so that the model's own groups (``model/roi_heads``,
+    placed at ``model.net.roi_heads``) resolve."""
+    model_cfg = compose_config("train", [f"model={model}"]).model
     cfg = OmegaConf.create({"model": model_cfg, "dataset": {"num_classes": num_classes}})
     for key, value in (overrides or {}).items():
         OmegaConf.update(cfg, key, value, merge=False)

@@ -133,7 +133,9 @@ def test_bad_config_values_fail_early(tmp_path):
             f"output_dir={tmp_path}",
         ],
     )
-    with pytest.raises(ValueError, match="lr must be positive"):
+    with pytest.raises(
+        ValueError, match=r"solver\.optimizer\.lr=-0\.1: must be a finite number > 0"
+    ):
         train(cfg)
     cfg = compose_config(
         "train",
@@ -152,10 +154,11 @@ def test_bccd_train_and_eval_smoke(tmp_path):
             "dataset=bccd",
             f"dataset.root={SHARED / 'data' / 'bccd'}",
             "dataset.val_split=test",
-            "dataset.input.min_sizes_train=[128]",
-            "dataset.input.max_size_train=160",
-            "dataset.input.min_size_test=128",
-            "dataset.input.max_size_test=160",
+            "dataset.input.min_sizes_train=[96]",
+            "dataset.input.max_size_train=128",
+            "dataset.input.min_size_test=96",
+            "dataset.input.max_size_test=128",
+            "model.rpn_post_nms_top_n.testing=50",
             "dataloader.batch_size=2",
             "dataloader.num_workers=0",
             "solver.max_iter=2",

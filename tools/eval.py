@@ -1,8 +1,9 @@
 """Evaluate a trained detector or score a results file.
 
 ``python tools/eval.py checkpoint=<run dir or .pth> [overrides]`` rebuilds the model from the
-run's saved config and prints the COCO table; ``results=<file.json>`` scores a COCO results file
-against the configured dataset's val annotations without a model.
+run's saved config, evaluates it on the val split (``eval.type``: coco | voc | both) and prints
+the tables; ``results=<file.json or devkit folder>`` scores saved detections against the
+configured dataset's val annotations without a model. Both write ``metrics.json``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Train a detector: ``python tools/train.py [model=...] [dataset=...] [key=value ...]``."""
+"""Train a detector: ``python tools/train.py [model=...] [dataset=...] [key=value ...]``.
+
+Several processes (DistributedDataParallel): ``torchrun --nproc_per_node=N tools/train.py ...``;
+sweeps: ``python tools/train.py -m key=a,b``; resume: ``train.resume=true``. See
+``docs/training.md``.
+"""
 
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Every dataset follows the contract documented in :mod:`detector.data.base`.
 """
 
-from detector.data.base import DetectionDataset, ImageRecord
+from detector.data.base import DatasetError, DetectionDataset, ImageRecord
 from detector.data.coco import CocoDetection
+from detector.data.concat import ConcatDetection
 from detector.data.loader import build_test_loader, build_train_loader, collate
 from detector.data.synthetic import (
     SHAPE_CLASSES,
@@ -18,6 +19,8 @@ __all__ = [
     "SHAPE_CLASSES",
     "VOC_CLASSES",
     "CocoDetection",
+    "ConcatDetection",
+    "DatasetError",
     "DetectionDataset",
     "ImageRecord",
     "SyntheticShapesDetection",

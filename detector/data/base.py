@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class ImageRecord:
         height, width: image size from the annotations (checked against the decoded file).
         gt_boxes: ``float32 (N, 4)`` xyxy boxes in original pixels, valid (``x2 > x1``, ``y2 > y1``).
         gt_labels: ``int64 (N,)`` contiguous labels in ``1..K``.
+        apply_exif: rotate/flip the decoded pixels by the file's EXIF orientation (set when the
+            annotation's size is the EXIF-rotated size, see :func:`check_image`).
     """
 
     image_id: int
@@ -64,6 +66,7 @@ class ImageRecord:
     width: int
     gt_boxes: np.ndarray
     gt_labels: np.ndarray
+    apply_exif: bool = False
 
     def __post_init__(self) -> None:
         if self.gt_boxes.dtype != np.float32 or self.gt_boxes.shape != (len(self.gt_labels), 4):
@@ -76,7 +79,14 @@ class ImageRecord:
 
 
 def make_record(
-    *, image_id: int, path: Path, height: int, width: int, boxes: list, labels: list
+    *,
+    image_id: int,
+    path: Path,
+    height: int,
+    width: int,
+    boxes: list,
+    labels: list,
+    apply_exif: bool = False,
 ) -> ImageRecord:
     """Build an :class:`ImageRecord` from python lists (``boxes``: list of 4-lists)."""
     return ImageRecord(
@@ -86,32 +96,83 @@ def make_record(
         width=width,
         gt_boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         gt_labels=np.asarray(labels, dtype=np.int64).reshape(-1),
+        apply_exif=apply_exif,
     )
 
 
-class SkipCounter:
-    """Counts annotations that do not reach the training targets, by reason.
+class DatasetError(ValueError):
+    """A data problem (bad file, bad annotation) raised instead of skipped in strict mode, or
+    a dataset left without any usable image. The message names the file and the reason."""
 
-    ``skip(reason, detail)`` counts one box; with ``detail`` it also logs a warning
-    (``"<name>: skipped box in <file>: <reason> (<detail>)"``). ``summary()`` is the one-line
-    load report: ``"<name>: N images, M boxes kept; K boxes dropped: reason=count, ..."``.
+
+class ImageProblem(Exception):
+    """Why an image cannot be used (raised by :func:`check_image`, caught by the datasets)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class SkipCounter:
+    """Counts, by reason, what does not reach the training targets, and what was repaired.
+
+    Three kinds of events:
+
+    - problems (:meth:`skip` a box, :meth:`skip_image` an image): a warning naming the file and
+      the reason, or :class:`DatasetError` when ``strict``;
+    - policy exclusions (:meth:`exclude`, :meth:`exclude_image`: crowd or difficult boxes,
+      classes left out on purpose, ``drop_empty``): counted only, never an error;
+    - repairs (:meth:`fix`: box clipped, size read from the header, image converted to RGB,
+      EXIF orientation applied): counted; the caller decides what to log.
+
+    ``summary()`` is the one-line load report
+    ``"<name>: N images, M boxes kept; K boxes dropped: reason=count, ...[; J images dropped:
+    reason=count, ...]"``; ``fixes_summary()`` the repairs (empty when none).
     """
 
-    def __init__(self, *, name: str) -> None:
+    def __init__(self, *, name: str, strict: bool = False) -> None:
         self.name = name
+        self.strict = strict
         self.box_reasons: Counter[str] = Counter()
         self.image_reasons: Counter[str] = Counter()
+        self.fixes: Counter[str] = Counter()
 
-    def skip(self, reason: str, *, file: str | Path | None = None, detail: str = "") -> None:
-        """Count one dropped box; warn (naming ``file``) when ``file`` is given."""
+    def _problem(self, what: str, reason: str, file: str | Path, detail: str, warn: bool) -> None:
+        extra = f" ({detail})" if detail else ""
+        if self.strict:
+            raise DatasetError(
+                f"{self.name}: {file}: {reason}{extra} [strict mode: fix the data, or set "
+                f"strict=False to skip the {what.split()[0]} with a warning]"
+            )
+        if warn:
+            logger.warning("%s: skipped %s %s: %s%s", self.name, what, file, reason, extra)
+
+    def skip(self, reason: str, *, file: str | Path, detail: str = "", warn: bool = True) -> None:
+        """Count one dropped box of ``file`` (warned unless ``warn=False``; error when strict)."""
+        self._problem("box in", reason, file, detail, warn)
         self.box_reasons[reason] += 1
-        if file is not None:
-            extra = f" ({detail})" if detail else ""
-            logger.warning("%s: skipped box in %s: %s%s", self.name, file, reason, extra)
 
-    def skip_image(self, reason: str) -> None:
-        """Count one image left out of the dataset."""
+    def skip_image(
+        self, reason: str, *, file: str | Path, detail: str = "", num_boxes: int = 0
+    ) -> None:
+        """Count one image left out because of a problem, and its ``num_boxes`` annotations."""
+        self._problem("image", reason, file, detail, True)
         self.image_reasons[reason] += 1
+        if num_boxes:
+            self.box_reasons["in a skipped image"] += num_boxes
+
+    def exclude(self, reason: str, count: int = 1) -> None:
+        """Count ``count`` boxes left out of training by policy (no warning, never an error)."""
+        self.box_reasons[reason] += count
+
+    def exclude_image(self, reason: str) -> None:
+        """Count one image left out by policy (e.g. ``drop_empty``)."""
+        self.image_reasons[reason] += 1
+
+    def fix(self, what: str, count: int = 1) -> None:
+        """Count a repair that keeps the data (clipping, conversion, size from the header)."""
+        self.fixes[what] += count
 
     @property
     def num_dropped(self) -> int:
@@ -128,17 +189,67 @@ class SkipCounter:
             line += f"; {sum(self.image_reasons.values())} images dropped: {images}"
         return line
 
+    def fixes_summary(self) -> str:
+        """``"<name>: repaired: what=count, ..."``, or ``""`` when nothing was repaired."""
+        if not self.fixes:
+            return ""
+        return f"{self.name}: repaired: " + ", ".join(
+            f"{w}={n}" for w, n in sorted(self.fixes.items())
+        )
 
-def load_rgb(path: Path) -> np.ndarray:
-    """Decode an image file into a writable ``uint8 (H, W, 3)`` RGB array.
+    def report(self, *, num_images: int, num_boxes: int) -> str:
+        """Log (INFO) and return the summary line; log the repairs line too when not empty.
 
-    EXIF orientation is *not* applied: annotations refer to the stored pixel grid.
+        Raises:
+            DatasetError: no image is left (the message carries the summary).
+        """
+        line = self.summary(num_images=num_images, num_boxes=num_boxes)
+        if num_images == 0:
+            raise DatasetError(f"{line}: the dataset has no usable image")
+        logger.info("%s", line)
+        if self.fixes:
+            logger.info("%s", self.fixes_summary())
+        return line
+
+
+#: EXIF orientations (tag 0x0112) that swap width and height (transpose / rotate 90 / 270).
+SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Pixels of ``img`` as a writable ``uint8 (H, W, 3)`` RGB array, whatever its mode.
+
+    Greyscale (``L``, ``1``, ``LA``) is replicated to 3 channels; alpha (``RGBA``, ``LA``,
+    palette transparency) is dropped, keeping the stored colours; palette images are expanded;
+    16-bit greyscale (``I;16*``, and ``I``, which Pillow uses for 16-bit files) is scaled
+    ``0..65535 -> 0..255`` (``/ 257``) instead of being clipped at 255; CMYK/YCbCr by Pillow.
+    """
+    if img.mode.startswith("I;16") or img.mode == "I":
+        grey = np.asarray(img).astype(np.float64) / 257.0
+        grey8 = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+        return np.repeat(grey8[..., None], 3, axis=2)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # Pillow warns when converting such palettes straight to RGB
+    return np.array(img.convert("RGB"))
+
+
+def load_rgb(path: Path, *, apply_exif: bool = False) -> np.ndarray:
+    """Decode an image file into a writable ``uint8 (H, W, 3)`` RGB array (see :func:`to_rgb`).
+
+    The stored pixel grid is returned unless ``apply_exif``, which rotates/flips it by the EXIF
+    orientation (:func:`check_image` decides, from the annotation's size).
+
+    Raises:
+        OSError: the file is missing, truncated or not a decodable image (message names it).
     """
     try:
         with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except (OSError, ValueError) as err:
-        raise OSError(f"cannot decode image {path}: {err}") from err
+            if apply_exif:
+                img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...
+        raise OSError(f"cannot decode image {path}: {type(err).__name__}: {err}") from err
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -197,15 +308,20 @@ class DetectionDataset(Dataset, ABC):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self._records[index]
-        image = load_rgb(record.path)
-        if image.shape[:2] != (record.height, record.width):
-            raise ValueError(
-                f"{record.path}: decoded image is {image.shape[1]}x{image.shape[0]} (WxH) but the "
-                f"annotations say {record.width}x{record.height}"
+        try:
+            image = load_rgb(record.path, apply_exif=record.apply_exif)
+            if image.shape[:2] != (record.height, record.width):
+                raise ValueError(
+                    f"{record.path}: decoded image is {image.shape[1]}x{image.shape[0]} (WxH) "
+                    f"but the annotations say {record.width}x{record.height}"
+                )
+            tensor, boxes, labels = self.transforms(
+                image, record.gt_boxes.copy(), record.gt_labels.copy()
             )
-        tensor, boxes, labels = self.transforms(
-            image, record.gt_boxes.copy(), record.gt_labels.copy()
-        )
+        except Exception as err:
+            # the DataLoader re-raises a worker's exception with its traceback and notes
+            err.add_note(f"while loading {record.path} (index {index}, image_id {record.image_id})")
+            raise
         target = {
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
@@ -247,10 +363,85 @@ class DetectionDataset(Dataset, ABC):
 
 
 def read_image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the image header only (PIL opens lazily, no pixel decoding)."""
+    """``(height, width)`` of the stored grid from the image header (no pixel decoding).
+
+    Raises:
+        ImageProblem: see :func:`read_image_header`.
+    """
+    header = read_image_header(path)
+    return header.height, header.width
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says: stored ``height`` x ``width``, Pillow ``mode``, and
+    EXIF ``orientation`` (1 when absent)."""
+
+    height: int
+    width: int
+    mode: str
+    orientation: int
+
+
+def read_image_header(path: Path) -> ImageHeader:
+    """Read :class:`ImageHeader` (Pillow opens lazily: a few KB, no pixel decoding).
+
+    Raises:
+        ImageProblem: missing file, not an image, or over Pillow's decompression-bomb limit.
+    """
+    if not path.is_file():
+        raise ImageProblem("image file not found")
     try:
         with Image.open(path) as img:
             width, height = img.size
-    except (OSError, ValueError) as err:
-        raise OSError(f"cannot read the size of image {path}: {err}") from err
-    return height, width
+            orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+            return ImageHeader(height=height, width=width, mode=img.mode, orientation=orientation)
+    except Image.DecompressionBombError as err:  # over 2x Image.MAX_IMAGE_PIXELS
+        raise ImageProblem("image too large to decode safely", str(err)) from err
+    except Exception as err:  # Pillow raises UnidentifiedImageError, SyntaxError, ...
+        raise ImageProblem("unreadable image header", f"{type(err).__name__}: {err}") from err
+
+
+def check_image(path: Path, height: int, width: int, skips: SkipCounter) -> tuple[int, int, bool]:
+    """Check an image against its annotated size, from the header only.
+
+    Convention (``docs/robustness.md``): boxes refer to the grid whose size the annotation
+    states: the stored grid when it matches (any EXIF orientation is then ignored, with a
+    warning: flips and 180-degree turns keep the size, so the size cannot tell them apart);
+    the EXIF-rotated grid when the annotation has the swapped size of a file whose EXIF
+    orientation swaps axes (then ``apply_exif``); a size ``<= 0`` (unknown) is read from the
+    header (the stored grid, counted as a repair).
+
+    Returns:
+        ``(height, width, apply_exif)`` of the grid the boxes refer to.
+
+    Raises:
+        ImageProblem: unusable file (see :func:`read_image_header`) or size mismatch.
+    """
+    header = read_image_header(path)
+    if header.mode != "RGB":
+        skips.fix(f"converted to RGB from mode {header.mode}")
+    if height <= 0 or width <= 0:
+        logger.warning("%s: no usable size in the annotation; reading it from the header", path)
+        skips.fix("size read from the image header")
+        return header.height, header.width, False
+    if (height, width) == (header.height, header.width):
+        if header.orientation != 1:
+            logger.warning(
+                "%s: EXIF orientation %d ignored: the annotation's size is the stored pixels'",
+                path,
+                header.orientation,
+            )
+            skips.fix("EXIF orientation ignored (annotation size = stored size)")
+        return height, width, False
+    if header.orientation in SWAPPING_ORIENTATIONS and (height, width) == (
+        header.width,
+        header.height,
+    ):
+        skips.fix("EXIF orientation applied")
+        return height, width, True
+    raise ImageProblem(
+        "image size differs from the annotation",
+        f"annotation {width}x{height}, file {header.width}x{header.height} (WxH), "
+        f"EXIF orientation {header.orientation}",
+    )

@@ -9,7 +9,8 @@ Layout written by :func:`ensure_synthetic_dataset`::
 Each image has its longer side equal to ``image_size`` and its shorter side drawn from
 ``[3/4, 1] * image_size`` (landscape or portrait), a textured background (smooth colour field +
 stripes + noise) and 0..6 shapes of the four :data:`SHAPE_CLASSES` (category ids 1..4), 15..90
-pixels across, in colours that stand out from the background. Shapes may overlap (box IoU up to
+pixels across, in colours of a per-class hue family (+-32 degrees, random saturation and
+brightness) that stand out from the background. Shapes may overlap (box IoU up to
 0.3); larger shapes are drawn first so every smaller shape stays fully visible, and every box is
 the tight box of the full shape mask. About 4% of the images are empty.
 
@@ -19,6 +20,7 @@ reproducible and the first images do not change when ``num_train`` grows.
 
 from __future__ import annotations
 
+import colorsys
 import fcntl
 import hashlib
 import json
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 #: Category names; category id ``i + 1`` is ``SHAPE_CLASSES[i]``.
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 #: Bump when the rendering changes so that cached datasets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 
@@ -49,6 +51,9 @@ MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 15, 90
 MAX_OBJECTS = 6
 EMPTY_IMAGE_PROB = 0.04
 MAX_BOX_IOU = 0.3
+#: Centre hue (fraction of the colour wheel) of each class's colour family, and its jitter.
+CLASS_HUES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+HUE_JITTER = 0.09
 
 
 @dataclass(frozen=True)
@@ -106,9 +111,13 @@ class SyntheticShapesDetection(CocoDetection):
     Args:
         root: dataset folder (see :func:`ensure_synthetic_dataset`).
         split: ``"train"`` or ``"val"``.
-        transforms, drop_empty: as for :class:`~detector.data.coco.CocoDetection`.
+        transforms, drop_empty, strict: as for :class:`~detector.data.coco.CocoDetection`.
         num_train, num_val, image_size, seed: generator arguments.
     """
+
+    #: Files are written on first use, so a missing ``root`` is not a config error
+    #: (:func:`detector.config_checks.check_config`).
+    generates_data = True
 
     def __init__(
         self,
@@ -121,6 +130,7 @@ class SyntheticShapesDetection(CocoDetection):
         num_val: int = 100,
         image_size: int = 192,
         seed: int = 0,
+        strict: bool = False,
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -132,6 +142,7 @@ class SyntheticShapesDetection(CocoDetection):
             ann_file=path / "annotations" / f"instances_{split}.json",
             transforms=transforms,
             drop_empty=drop_empty,
+            strict=strict,
         )
 
 
@@ -257,7 +268,7 @@ def render_image(
             continue
         y0, x0 = origin
         region = canvas[y0 : y0 + mask.shape[0], x0 : x0 + mask.shape[1]]
-        region[mask] = _object_colour(rng, region.reshape(-1, 3).mean(axis=0))
+        region[mask] = _object_colour(rng, region.reshape(-1, 3).mean(axis=0), category_id)
         box = (x0, y0, x0 + mask.shape[1], y0 + mask.shape[0])
         shapes.append(ShapeInstance(category_id=category_id, box=box, area=int(mask.sum())))
     canvas += rng.normal(0.0, rng.uniform(2.0, 10.0), size=canvas.shape).astype(np.float32)
@@ -356,13 +367,23 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / union
 
 
-def _object_colour(rng: np.random.Generator, background: np.ndarray) -> np.ndarray:
-    """A colour at least 150 (L1 over RGB) away from the mean ``background`` colour."""
-    colour = rng.integers(0, 256, size=3).astype(np.float32)
+def _object_colour(
+    rng: np.random.Generator, background: np.ndarray, category_id: int
+) -> np.ndarray:
+    """A colour of the class's hue family, at least 150 (L1 over RGB) away from the mean
+    ``background`` colour.
+
+    Each class has a hue family (:data:`CLASS_HUES`, jittered by +-:data:`HUE_JITTER` of the
+    colour wheel) with random saturation and brightness, so colour is a cue to the class but
+    not a label: backgrounds use every hue, and shape still tells instances from texture.
+    """
+    base = CLASS_HUES[category_id - 1]
+    colour = np.zeros(3, dtype=np.float32)
     for _ in range(20):
+        hue = (base + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
+        rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
+        colour = np.array(rgb, dtype=np.float32) * 255.0
         if np.abs(colour - background).sum() >= 150:
-            break
-        colour = rng.integers(0, 256, size=3).astype(np.float32)
-    else:
-        colour = np.where(background < 128, 255.0, 0.0).astype(np.float32)
-    return colour
+            return colour
+    # keep the hue, push brightness away from the background
+    return np.where(background.mean() < 128, colour.clip(96, 255), colour * 0.35).astype(np.float32)

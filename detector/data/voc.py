@@ -11,11 +11,21 @@ Labels are ``class_names.index(name) + 1``; category ids in ``coco_gt()`` equal 
 objects are excluded from the training targets unless ``keep_difficult``; ``coco_gt()``
 always contains them with ``"iscrowd": 1`` so that COCO evaluation ignores them.
 Objects whose name is not in ``class_names`` are skipped and counted (one warning per name).
+
+Dirty data: a box with a missing, non-numeric or NaN coordinate is skipped ("malformed
+bndbox"), one with ``xmax <= xmin`` or ``ymax <= ymin`` ("zero-area"), one entirely outside
+the image ("outside the image"), each warned with the XML file's name; a box partly outside is
+clipped (counted as a repair). A 0x0 or missing ``<size>`` is read from the image header. An
+image whose file is missing, unreadable or of another size than ``<size>``, or whose XML is
+malformed, is skipped with its boxes (see :func:`detector.data.base.check_image`).
+``strict=True`` raises :class:`~detector.data.base.DatasetError` instead of any of these skips
+(difficult objects are policy, not errors).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,12 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from detector.data.base import (
+    DatasetError,
     DetectionDataset,
     DetectionTransform,
+    ImageProblem,
     ImageRecord,
     SkipCounter,
+    check_image,
     make_record,
-    read_image_size,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,10 +90,13 @@ class VOCDetection(DetectionDataset):
         class_names: the ``K`` class names, in label order (e.g. :data:`VOC_CLASSES`).
         transforms: see :data:`detector.data.base.DetectionTransform`; ``None``: tensor only.
         keep_difficult: also train on difficult objects.
+        strict: raise :class:`~detector.data.base.DatasetError` on the first bad image or box
+            instead of skipping it (module doc).
 
     Raises:
-        FileNotFoundError: missing split file, XML or image (named in the message).
-        ValueError: malformed XML (file named), empty or duplicate ``class_names``.
+        FileNotFoundError: missing split file or XML (named in the message).
+        ValueError: empty or duplicate ``class_names``.
+        DatasetError: no usable image left, or any skip when ``strict``.
     """
 
     def __init__(
@@ -92,21 +107,25 @@ class VOCDetection(DetectionDataset):
         class_names: Sequence[str],
         transforms: DetectionTransform | None = None,
         keep_difficult: bool = False,
+        strict: bool = False,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.keep_difficult = keep_difficult
         names = _check_class_names(class_names)
-        skips = SkipCounter(name=f"VOCDetection({self.root.name}/{split})")
+        skips = SkipCounter(name=f"VOCDetection({self.root.name}/{split})", strict=strict)
         parser = _VOCParser(class_names=names, skips=skips)
 
         records: list[ImageRecord] = []
         self._objects: list[list[VOCObject]] = []
         for image_id, name in enumerate(read_split(self.root, split), start=1):
-            path, height, width, objects = parser.parse(self.root, name)
+            parsed = parser.parse(self.root, name)
+            if parsed is None:
+                continue
+            path, height, width, apply_exif, objects = parsed
             kept = [o for o in objects if keep_difficult or not o.difficult]
-            for _ in range(len(objects) - len(kept)):
-                skips.skip(DIFFICULT)
+            if len(objects) > len(kept):
+                skips.exclude(DIFFICULT, len(objects) - len(kept))
             records.append(
                 make_record(
                     image_id=image_id,
@@ -115,6 +134,7 @@ class VOCDetection(DetectionDataset):
                     width=width,
                     boxes=[o.box for o in kept],
                     labels=[o.label for o in kept],
+                    apply_exif=apply_exif,
                 )
             )
             self._objects.append(objects)
@@ -125,10 +145,11 @@ class VOCDetection(DetectionDataset):
             label_to_cat_id={i + 1: i + 1 for i in range(len(names))},
             transforms=transforms,
         )
-        self.load_report = skips.summary(
+        self.strict = strict
+        self.load_report = skips.report(
             num_images=len(records), num_boxes=sum(len(r.gt_labels) for r in records)
         )
-        logger.info(self.load_report)
+        self.load_fixes = skips.fixes_summary()
 
     def coco_gt(self) -> dict[str, Any]:
         """See :meth:`DetectionDataset.coco_gt`; difficult objects have ``iscrowd = 1``."""
@@ -161,6 +182,8 @@ def read_split(root: Path, split: str) -> list[str]:
         available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
         raise FileNotFoundError(f"VOC split file not found: {split_file} (available: {available})")
     names = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetError(f"{split_file}: lists no images")
     if len(set(names)) != len(names):
         raise ValueError(f"{split_file}: lists some images more than once")
     return names
@@ -183,48 +206,52 @@ class _VOCParser:
         self.skips = skips
         self._warned_names: set[str] = set()
 
-    def parse(self, root: Path, name: str) -> tuple[Path, int, int, list[VOCObject]]:
-        """``(image path, height, width, objects)`` of image ``name``."""
+    def parse(self, root: Path, name: str) -> tuple[Path, int, int, bool, list[VOCObject]] | None:
+        """``(image path, height, width, apply_exif, objects)`` of image ``name``, or ``None``
+        when the image is skipped (malformed XML, missing or unusable image file)."""
         xml_file = root / "Annotations" / f"{name}.xml"
         if not xml_file.is_file():
             raise FileNotFoundError(f"VOC annotation not found: {xml_file}")
         try:
             tree = ET.parse(xml_file).getroot()
         except ET.ParseError as err:
-            raise ValueError(f"{xml_file}: malformed XML: {err}") from err
-        path = _image_path(root, name, tree, xml_file)
-        height, width = _image_size(tree, path)
+            self.skips.skip_image("malformed XML", file=xml_file, detail=str(err))
+            return None
+        path = _image_path(root, name, tree)
+        height, width = _xml_size(tree)
+        try:
+            height, width, apply_exif = check_image(path, height, width, self.skips)
+        except ImageProblem as problem:
+            num_boxes = len(tree.findall("object"))
+            self.skips.skip_image(
+                problem.reason, file=path, detail=problem.detail, num_boxes=num_boxes
+            )
+            return None
         objects = []
         for node in tree.iter("object"):
             obj = self._parse_object(node, xml_file, height, width)
             if obj is not None:
                 objects.append(obj)
-        return path, height, width, objects
+        return path, height, width, apply_exif, objects
 
     def _parse_object(
         self, node: ET.Element, xml_file: Path, height: int, width: int
     ) -> VOCObject | None:
         cls = (node.findtext("name") or "").strip()
         if cls not in self.label_of:
-            if cls not in self._warned_names:
-                self._warned_names.add(cls)
-                logger.warning(
-                    "%s: class %r (first seen in %s) is not in class_names; its boxes are skipped",
-                    self.skips.name,
-                    cls,
-                    xml_file.name,
-                )
-            self.skips.skip(f"class not in class_names ({cls!r})")
-            return None
-        try:
-            xmin, ymin, xmax, ymax = (
-                float(node.findtext(f"bndbox/{k}") or "nan")
-                for k in ("xmin", "ymin", "xmax", "ymax")
+            warn = cls not in self._warned_names
+            self._warned_names.add(cls)
+            detail = "first seen here; its boxes are skipped, further ones without a warning"
+            self.skips.skip(
+                f"class not in class_names ({cls!r})", file=xml_file.name, detail=detail, warn=warn
             )
-        except ValueError as err:
-            raise ValueError(f"{xml_file}: malformed bndbox for {cls!r}: {err}") from err
-        if not all(v == v for v in (xmin, ymin, xmax, ymax)):  # NaN: missing coordinate
-            raise ValueError(f"{xml_file}: bndbox of a {cls!r} object lacks a coordinate")
+            return None
+        coords = _bndbox(node)
+        if coords is None:
+            raw = {k: node.findtext(f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")}
+            self.skips.skip("malformed bndbox", file=xml_file.name, detail=f"{cls} {raw}")
+            return None
+        xmin, ymin, xmax, ymax = coords
         if xmax <= xmin or ymax <= ymin:
             detail = f"{cls} xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g}"
             self.skips.skip("zero-area", file=xml_file.name, detail=detail)
@@ -238,28 +265,45 @@ class _VOCParser:
         if box[2] <= box[0] or box[3] <= box[1]:
             self.skips.skip("outside the image", file=xml_file.name, detail=f"{cls} {box}")
             return None
+        if box != (xmin - 1.0, ymin - 1.0, xmax, ymax):
+            self.skips.fix("box clipped to the image")
         difficult = (node.findtext("difficult") or "0").strip() not in ("0", "")
         return VOCObject(box=box, label=self.label_of[cls], difficult=difficult)
 
 
-def _image_path(root: Path, name: str, tree: ET.Element, xml_file: Path) -> Path:
+def _bndbox(node: ET.Element) -> tuple[float, float, float, float] | None:
+    """``(xmin, ymin, xmax, ymax)`` of an ``<object>``, or ``None`` if one is missing, not a
+    number or not finite."""
+    try:
+        values = tuple(float(node.findtext(f"bndbox/{k}") or "nan") for k in _COORDS)
+    except ValueError:
+        return None
+    if not all(math.isfinite(v) for v in values):
+        return None
+    return values  # type: ignore[return-value]
+
+
+_COORDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+def _image_path(root: Path, name: str, tree: ET.Element) -> Path:
+    """``JPEGImages/<name>.jpg``, else ``JPEGImages/<filename>`` when that file exists (the
+    ``.jpg`` path when neither does: :func:`check_image` reports it missing)."""
     path = root / "JPEGImages" / f"{name}.jpg"
     if path.is_file():
         return path
     filename = (tree.findtext("filename") or "").strip()
     if filename and (root / "JPEGImages" / filename).is_file():
         return root / "JPEGImages" / filename
-    raise FileNotFoundError(f"{xml_file}: image not found (tried {path} and <filename>)")
+    return path
 
 
-def _image_size(tree: ET.Element, path: Path) -> tuple[int, int]:
-    """``(height, width)`` from ``<size>``, or from the image header when absent or zero."""
+def _xml_size(tree: ET.Element) -> tuple[int, int]:
+    """``(height, width)`` from ``<size>``; ``(0, 0)`` when absent or unusable (then read from
+    the image header by :func:`check_image`)."""
     try:
         height = int(float(tree.findtext("size/height") or 0))
         width = int(float(tree.findtext("size/width") or 0))
-    except ValueError:
-        height = width = 0
-    if height > 0 and width > 0:
-        return height, width
-    logger.warning("%s: no usable <size> in the XML; reading it from the image header", path.name)
-    return read_image_size(path)
+    except (ValueError, OverflowError):
+        return 0, 0
+    return (height, width) if height > 0 and width > 0 else (0, 0)

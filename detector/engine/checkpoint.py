@@ -1,6 +1,11 @@
-"""Atomic checkpoint files: write to a temporary file in the same folder, fsync, rename.
+"""Checkpoint files of a run directory, written atomically.
 
-A crash or a full disk during ``save_checkpoint`` leaves any previous file at ``path`` intact.
+Atomic: write to a temporary file in the same folder, fsync, rename. A crash, a SIGKILL or a
+full disk during a save leaves any previous file at ``path`` intact (and at worst a stale
+``.<name>.*.tmp`` file, removed by :func:`remove_stale_temporaries`).
+
+Names in a run directory: ``model_{iteration:07d}.pth`` (periodic, the last K kept),
+``model_final.pth`` (end of training), ``model_best.pth`` (best validation metric).
 """
 
 from __future__ import annotations
@@ -8,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from detector.engine.distributed import gather_to_main
+from detector.engine.rng import capture_rng_state
+
 logger = logging.getLogger(__name__)
+
+FINAL_NAME = "model_final.pth"
+BEST_NAME = "model_best.pth"
+_PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
+_TEMPORARY = re.compile(r"^\.model_.*\.pth\..*\.tmp$")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -41,16 +55,55 @@ def save_checkpoint(path: str | Path, *, model: nn.Module, **extra: Any) -> Path
     return atomic_torch_save({"model": model.state_dict(), **extra}, path)
 
 
+def periodic_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(iteration, path)`` of the ``model_{iteration:07d}.pth`` files, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _PERIODIC.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: ``model_final.pth``, else the newest periodic one."""
+    final = Path(run_dir) / FINAL_NAME
+    if final.is_file():
+        return final
+    periodic = periodic_checkpoints(run_dir)
+    return periodic[-1][1] if periodic else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` periodic checkpoints (``keep_last <= 0``: keep
+    all); ``model_final.pth`` and ``model_best.pth`` are never touched. Returns the deleted."""
+    periodic = periodic_checkpoints(run_dir)
+    doomed = [p for _, p in periodic[:-keep_last]] if keep_last > 0 else []
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete temporary files left by a save that was killed mid-write."""
+    run_dir = Path(run_dir)
+    stale = [p for p in run_dir.iterdir() if _TEMPORARY.match(p.name)] if run_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory holding ``model_final.pth`` / ``last_checkpoint``."""
+    """A checkpoint file, or a run directory: its ``model_final.pth``, else the newest
+    periodic checkpoint, else ``model_best.pth``."""
     path = Path(path).expanduser()
     if path.is_dir():
-        for name in ("model_final.pth", "last_checkpoint.pth"):
-            if (path / name).is_file():
-                return path / name
-        found = sorted(path.glob("model_*.pth"))
-        if found:
-            return found[-1]
+        found = latest_checkpoint(path)
+        if found is None and (path / BEST_NAME).is_file():
+            found = path / BEST_NAME
+        if found is None and (path / "last_checkpoint.pth").is_file():
+            found = path / "last_checkpoint.pth"
+        if found is not None:
+            return found
         raise FileNotFoundError(f"no checkpoint (model_final.pth or model_*.pth) in {path}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
@@ -95,3 +148,32 @@ def load_model_weights(model: nn.Module, state: dict[str, Any], *, source: str) 
         lines.append("  check model=... and dataset=... match the run that wrote it")
         raise RuntimeError("\n".join(lines))
     model.load_state_dict(state, strict=False)
+
+
+class Checkpointer:
+    """Saves training states into a run directory; call :meth:`save` on every rank (the RNG
+    states of all ranks are gathered), rank 0 writes.
+
+    A checkpoint holds the trainer's ``state`` (model, optimizer, scheduler, grad scaler,
+    iteration, hook states), ``"rng"``: a list of every rank's generator states
+    (:func:`~detector.engine.rng.capture_rng_state`), and ``extra`` (resolved config, class
+    names, the data stream's identity).
+    """
+
+    def __init__(
+        self, *, output_dir: str | Path, extra: dict[str, Any], device: torch.device, is_main: bool
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.extra = extra
+        self.device = device
+        self.is_main = is_main
+
+    def save(self, name: str, state: dict[str, Any]) -> Path | None:
+        """Write ``{**state, "rng": [...], **extra}`` to ``output_dir / name`` atomically;
+        the path on rank 0, ``None`` elsewhere."""
+        rng = gather_to_main(capture_rng_state(self.device))
+        if not self.is_main:
+            return None
+        path = atomic_torch_save({**state, "rng": rng, **self.extra}, self.output_dir / name)
+        logger.info("saved checkpoint %s", path)
+        return path

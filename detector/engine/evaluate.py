@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from detector.config_checks import check_config
 from detector.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint_path
 from detector.engine.train import (
     build_model,
@@ -80,6 +81,7 @@ def evaluate(cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         except ValueError:
             out = path.parent / "eval"
         run_cfg.output_dir = str(out)
+    check_config(run_cfg)
     device = resolve_device(str(run_cfg.device))
     prepare_dataset(run_cfg)
     model = build_model(run_cfg, device)

@@ -1,11 +1,10 @@
-"""Run a detector over a dataset and score it with the COCO evaluator."""
+"""Run a detector over a dataset and score it (COCO and/or VOC, see ``eval.type``)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from detector.evaluation.coco_eval import COCOEvaluator, format_coco_table
+from detector.evaluation.coco_eval import DEFAULT_ENGINE
+from detector.evaluation.dataset_eval import DetectionEvaluator, format_metrics, write_metrics
 
 logger = logging.getLogger(__name__)
 Detector = Callable[[list[Tensor]], list[dict[str, Tensor]]]
@@ -58,6 +58,19 @@ def run_inference(
     return image_ids, outputs, seconds
 
 
+def evaluation_options(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate_detector` from a config's ``eval`` node
+    (``type``, ``engine``, ``voc.iou_thresholds``, ``voc.use_07_metric``; missing keys take
+    the defaults, so configs saved before a key existed still work)."""
+    voc = eval_cfg.get("voc") or {}
+    return {
+        "engine": str(eval_cfg.get("engine", DEFAULT_ENGINE)),
+        "eval_type": str(eval_cfg.get("type", "coco")),
+        "voc_iou_thresholds": tuple(float(t) for t in voc.get("iou_thresholds", (0.5,))),
+        "voc_use_07_metric": bool(voc.get("use_07_metric", True)),
+    }
+
+
 def evaluate_detector(
     model: Detector,
     dataset: Any,
@@ -65,37 +78,38 @@ def evaluate_detector(
     *,
     device: torch.device,
     output_dir: str | Path | None,
-    engine: str = "faster_coco_eval",
+    engine: str = DEFAULT_ENGINE,
+    eval_type: str = "coco",
+    voc_iou_thresholds: Sequence[float] = (0.5,),
+    voc_use_07_metric: bool = True,
 ) -> dict[str, Any]:
-    """COCO-evaluate ``model`` on ``dataset``; print the table, write ``metrics.json`` and
-    ``coco_results.json`` into ``output_dir`` (when given)."""
+    """Run ``model`` over ``loader`` (every image of ``dataset``) and score it.
+
+    ``eval_type`` selects the COCO evaluation (``engine``), the VOC devkit AP
+    (``voc_iou_thresholds``, ``voc_use_07_metric``) or both; see
+    :mod:`detector.evaluation.dataset_eval` for the metrics layout. Prints the tables and,
+    when ``output_dir`` is given, writes ``metrics.json`` and the detections there
+    (``coco_results.json`` and/or ``voc_results/comp4_det_<split>_<class>.txt``).
+    """
+    # built first: a bad eval option or ground truth fails before the long inference pass
+    evaluator = DetectionEvaluator(
+        coco_gt=dataset.coco_gt(),
+        label_to_cat_id=dataset.label_to_cat_id,
+        eval_type=eval_type,
+        engine=engine,
+        voc_iou_thresholds=voc_iou_thresholds,
+        voc_use_07_metric=voc_use_07_metric,
+    )
     if hasattr(model, "eval"):
         model.eval()
     image_ids, outputs, sec = run_inference(model, loader, device=device, total=len(dataset))
-    evaluator = COCOEvaluator(
-        coco_gt=dataset.coco_gt(), label_to_cat_id=dataset.label_to_cat_id, engine=engine
-    )
     evaluator.process(image_ids, outputs)
     metrics = evaluator.evaluate()
     metrics["seconds_per_image"] = sec
     metrics["num_images"] = len(image_ids)
-    print(format_coco_table(metrics), flush=True)
+    print(format_metrics(metrics), flush=True)
     if output_dir is not None:
         out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        evaluator.save_results(out / "coco_results.json")
-        (out / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2))
-        logger.info("wrote %s", out / "metrics.json")
+        evaluator.save_results(out, voc_imageset=str(getattr(dataset, "split", None) or "test"))
+        logger.info("wrote %s", write_metrics(out / "metrics.json", metrics))
     return metrics
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:  # NaN is not valid JSON
-        return None
-    if hasattr(obj, "item"):
-        return _jsonable(obj.item())
-    return obj

@@ -1,8 +1,24 @@
-"""Score a saved results file against a dataset's annotations, without a model or images."""
+"""Score a saved results file against a dataset's annotations, without a model.
+
+``cfg.results`` is either
+
+- a COCO results JSON (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``, the
+  original category ids): scored with COCO (``eval.type`` coco / both) and/or the VOC devkit AP
+  (voc / both) against the val split of ``cfg.dataset``. COCO-format datasets need only their
+  ``ann_file``; other datasets are built (annotations and image headers) for their
+  ``coco_gt()``;
+- a folder of VOC devkit files ``comp4_det_<imageset>_<class>.txt`` (``image_id score xmin
+  ymin xmax ymax``, 1-based pixels; a single such file means its folder): scored with the VOC
+  devkit AP against the XML files listed in the val split of a VOC-layout dataset (``root``,
+  ``split``, ``class_names``); no images needed.
+
+The table is printed and ``metrics.json`` (layout of :mod:`detector.evaluation.dataset_eval`)
+is written to ``cfg.output_dir``, or beside the results when that is null.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,61 +26,96 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from detector.data.voc import read_split
-from detector.evaluation.coco_eval import (
-    evaluate_coco,
-    format_coco_table,
-    score_coco_results_file,
+from detector.engine.inference import evaluation_options
+from detector.evaluation.coco_data import load_coco_gt, read_json
+from detector.evaluation.coco_eval import evaluate_coco
+from detector.evaluation.dataset_eval import (
+    DetectionEvaluator,
+    check_eval_type,
+    coco_results_to_outputs,
+    format_metrics,
+    write_metrics,
 )
-from detector.evaluation.voc_eval import format_voc_table, score_voc_results
+from detector.evaluation.voc_eval import score_voc_results
+
+logger = logging.getLogger(__name__)
 
 
 def score_results(cfg: DictConfig) -> dict[str, Any]:
-    """``cfg.results``: a COCO results JSON (COCO-format datasets) or a folder / file of VOC
-    devkit ``comp4_det_test_<class>.txt`` files (VOC-layout datasets). Scores against the
-    val split of ``cfg.dataset``; prints the table and writes ``metrics.json`` beside the
-    output directory (``cfg.output_dir`` or the results file's folder)."""
+    """Score ``cfg.results`` (see the module docstring); returns the metrics dict."""
     results = Path(str(cfg.results)).expanduser()
     if not results.exists():
         raise FileNotFoundError(f"results file {str(results)!r} does not exist")
-    val = cfg.dataset.val
-    if "ann_file" in val:
-        metrics = score_coco_results_file(val.ann_file, results, engine=str(cfg.eval.engine))
-        table = format_coco_table(metrics)
-    elif "class_names" in val:
-        root = Path(str(val.root))
-        xmls = [root / "Annotations" / f"{name}.xml" for name in read_split(root, str(val.split))]
-        voc_cfg = cfg.eval.get("voc", {}) or {}
-        metrics = score_voc_results(
-            xmls,
-            results,
-            class_names=list(val.class_names),
-            iou_thresh=voc_cfg.get("iou_thresholds", [0.5]),
-            use_07_metric=bool(voc_cfg.get("use_07_metric", True)),
-        )
-        table = format_voc_table(metrics)
-    else:  # e.g. the synthetic dataset: build it (annotations only) and use its COCO view
-        dataset = instantiate(val, _convert_="all")
-        metrics = evaluate_coco(dataset.coco_gt(), _read_json(results), engine=str(cfg.eval.engine))
-        table = format_coco_table(metrics)
-    print(table, flush=True)
+    options = evaluation_options(cfg.eval)
+    check_eval_type(options["eval_type"])
+    if results.is_dir() or results.suffix == ".txt":
+        folder = results if results.is_dir() else results.parent
+        metrics = score_devkit_files(folder, cfg.dataset.val, options)
+    else:
+        metrics = score_coco_json(results, cfg.dataset.val, options)
+    print(format_metrics(metrics), flush=True)
     out = Path(str(cfg.output_dir)) if cfg.get("output_dir") else results.parent
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2))
+    logger.info("wrote %s", write_metrics(out / "metrics.json", metrics))
     return metrics
 
 
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
+def score_devkit_files(folder: Path, val: DictConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """VOC devkit AP of the ``comp4_det_*_<class>.txt`` files in ``folder`` against the XML
+    annotations of a VOC-layout val split (``val.root``, ``val.split``, ``val.class_names``)."""
+    missing = [k for k in ("root", "split", "class_names") if k not in val]
+    if missing:
+        raise ValueError(
+            f"VOC devkit results ({folder}) need a VOC-layout dataset; the val split "
+            f"({val.get('_target_')}) has no {missing}"
+        )
+    if options["eval_type"] != "voc":
+        logger.warning("devkit results files hold no COCO results; scoring the VOC AP only")
+    root = Path(str(val.root))
+    xmls = [root / "Annotations" / f"{name}.xml" for name in read_split(root, str(val.split))]
+    voc = score_voc_results(
+        xmls,
+        folder,
+        class_names=[str(n) for n in val.class_names],
+        iou_thresh=options["voc_iou_thresholds"],
+        use_07_metric=options["voc_use_07_metric"],
+    )
+    return {"eval_type": "voc", "voc": voc}
 
 
-def _read_json(path: Path) -> Any:
+def _ground_truth(val: DictConfig) -> tuple[dict[str, Any], dict[int, int]]:
+    """``(coco_gt, label_to_cat_id)`` of the val split: the ``ann_file`` when there is one
+    (labels 1..K in order of category id, as :class:`CocoDetection` assigns them)."""
+    if val.get("ann_file"):
+        gt = load_coco_gt(str(val.ann_file))
+        cat_ids = sorted(int(c["id"]) for c in gt["categories"])
+        return gt, {i + 1: c for i, c in enumerate(cat_ids)}
+    dataset = instantiate(val, transforms=None, _convert_="all")
+    return dataset.coco_gt(), dict(dataset.label_to_cat_id)
+
+
+def score_coco_json(results: Path, val: DictConfig, options: dict[str, Any]) -> dict[str, Any]:
+    """COCO and/or VOC scores (``options["eval_type"]``) of a COCO results JSON file."""
+    entries = read_json(results, what="COCO results")
+    if not isinstance(entries, list):
+        raise ValueError(f"COCO results file {results}: expected a JSON list of detections")
+    gt, label_to_cat_id = _ground_truth(val)
+    metrics: dict[str, Any] = {"eval_type": options["eval_type"]}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"results file {path} is not valid JSON: {err}") from err
+        if options["eval_type"] in ("coco", "both"):
+            metrics.update(evaluate_coco(gt, entries, engine=options["engine"]))
+        if options["eval_type"] in ("voc", "both"):
+            image_ids, outputs = coco_results_to_outputs(
+                entries, coco_gt=gt, label_to_cat_id=label_to_cat_id
+            )
+            evaluator = DetectionEvaluator(
+                coco_gt=gt,
+                label_to_cat_id=label_to_cat_id,
+                eval_type="voc",
+                voc_iou_thresholds=options["voc_iou_thresholds"],
+                voc_use_07_metric=options["voc_use_07_metric"],
+            )
+            evaluator.process(image_ids, outputs)
+            metrics["voc"] = evaluator.evaluate()["voc"]
+    except ValueError as err:
+        raise ValueError(f"COCO results file {results}: {err}") from err
+    return metrics

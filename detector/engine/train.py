@@ -1,24 +1,55 @@
-"""``train(cfg)``: build everything from a composed config, train, checkpoint, evaluate."""
+"""``train(cfg)``: build everything from a composed config, train, checkpoint, evaluate.
+
+Runs as one process (``python tools/train.py``) or as one rank of a torchrun job (see
+:mod:`detector.engine.distributed` and ``docs/training.md``). ``dataloader.batch_size`` is the
+total batch over all ranks.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from detector.config_checks import check_config
 from detector.data.loader import build_test_loader, build_train_loader
-from detector.engine.checkpoint import load_checkpoint, load_model_weights
-from detector.engine.hooks import FinalEvaluation, PeriodicCheckpointer, ProgressBar
-from detector.engine.inference import evaluate_detector
+from detector.engine import rng
+from detector.engine.amp import MixedPrecision
+from detector.engine.checkpoint import (
+    Checkpointer,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_weights,
+    remove_stale_temporaries,
+)
+from detector.engine.distributed import (
+    DistributedContext,
+    barrier,
+    broadcast_from_main,
+    cleanup_distributed,
+    current_context,
+    evaluate_sharded,
+    init_distributed,
+    unwrap,
+    wrap_ddp,
+)
+from detector.engine.hooks import (
+    BestCheckpointer,
+    HookBase,
+    IterationTimer,
+    PeriodicCheckpointer,
+    PeriodicEvaluation,
+)
+from detector.engine.inference import evaluate_detector, evaluation_options
+from detector.engine.optim import build_param_groups, scale_solver
 from detector.engine.schedule import WarmupSchedule
 from detector.engine.trainer import Trainer
+from detector.engine.writers import PeriodicLogger, ProgressBar, TensorBoardWriter
 from detector.inference.build import build_test_model
 from detector.modeling.meta_arch import FasterRCNN
 
@@ -26,9 +57,8 @@ logger = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    """Seed python's, numpy's and torch's global generators."""
+    rng.seed_everything(seed)
 
 
 def resolve_output_dir(cfg: DictConfig) -> Path:
@@ -77,10 +107,19 @@ def build_model(cfg: DictConfig, device: torch.device) -> FasterRCNN:
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    if float(cfg.solver.optimizer.lr) <= 0:
-        raise ValueError(f"solver.optimizer.lr must be positive, got {cfg.solver.optimizer.lr}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    return instantiate(cfg.solver.optimizer)(params=params)
+    """``cfg.solver.optimizer`` (a ``_partial_``) over the trainable parameters, grouped by
+    weight decay (``solver.weight_decay_norm`` / ``solver.weight_decay_bias``; null: the
+    optimizer's ``weight_decay``)."""
+    s = cfg.solver
+    if float(s.optimizer.lr) <= 0:
+        raise ValueError(f"solver.optimizer.lr must be positive, got {s.optimizer.lr}")
+    groups = build_param_groups(
+        model,
+        weight_decay=float(s.optimizer.get("weight_decay", 0.0)),
+        weight_decay_norm=s.get("weight_decay_norm"),
+        weight_decay_bias=s.get("weight_decay_bias"),
+    )
+    return instantiate(s.optimizer)(params=groups)
 
 
 def build_scheduler(
@@ -101,7 +140,18 @@ def build_scheduler(
 def evaluate_on_val(
     cfg: DictConfig, model: torch.nn.Module, device: torch.device, output_dir: Path | None
 ) -> dict[str, Any]:
+    """Evaluate on the val split; in a torchrun job the images are sharded over the ranks
+    (:func:`~detector.engine.distributed.evaluate_sharded`) and every rank gets the metrics."""
     dataset = build_dataset(cfg, "val")
+    if current_context().is_distributed:
+        return evaluate_sharded(
+            build_test_model(cfg, model),
+            dataset,
+            device=device,
+            output_dir=output_dir,
+            num_workers=int(cfg.dataloader.num_workers),
+            **evaluation_options(cfg.eval),
+        )
     loader = build_test_loader(dataset, batch_size=1, num_workers=int(cfg.dataloader.num_workers))
     return evaluate_detector(
         build_test_model(cfg, model),
@@ -109,60 +159,244 @@ def evaluate_on_val(
         loader,
         device=device,
         output_dir=output_dir,
-        engine=str(cfg.eval.engine),
+        **evaluation_options(cfg.eval),
     )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train the configured detector and return the final COCO metrics (empty if disabled)."""
-    device = resolve_device(str(cfg.device))
-    output_dir = resolve_output_dir(cfg)
-    seed_everything(int(cfg.seed))
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    prepare_dataset(cfg)
-    train_set = build_dataset(cfg, "train")
-    model = build_model(cfg, device)
-    if cfg.model.get("init_checkpoint"):
-        ckpt = load_checkpoint(cfg.model.init_checkpoint)
-        load_model_weights(model, ckpt["model"], source=str(cfg.model.init_checkpoint))
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    loader = build_train_loader(
-        train_set,
-        batch_size=int(cfg.dataloader.batch_size),
-        num_workers=int(cfg.dataloader.num_workers),
-        seed=int(cfg.seed),
-        aspect_ratio_grouping=bool(cfg.dataloader.aspect_ratio_grouping),
-    )
-    extra = {
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "class_names": list(train_set.class_names),
-    }
-    hooks = [
-        ProgressBar(log_period=int(cfg.train.log_period)),
-        PeriodicCheckpointer(
-            output_dir=output_dir, period=int(cfg.train.checkpoint_period), extra=extra
-        ),
-    ]
-    if cfg.eval.enabled:
-        hooks.append(
-            FinalEvaluation(evaluate=lambda: evaluate_on_val(cfg, model, device, output_dir))
-        )
-    trainer = Trainer(
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        data=iter(loader),
-        max_iter=int(cfg.solver.max_iter),
-        device=device,
-        hooks=hooks,
-        clip_grad_norm=cfg.train.get("clip_grad_norm"),
-    )
+    """Train the configured detector and return the final metrics (empty if evaluation is
+    disabled). In a torchrun job every rank calls this; rank 0 logs and writes files."""
+    check_config(cfg)
+    ctx, device, created = init_distributed(str(cfg.device))
+    try:
+        return _train(cfg, ctx, device)
+    finally:
+        if created:
+            cleanup_distributed()
+
+
+def _train(cfg: DictConfig, ctx: DistributedContext, device: torch.device) -> dict[str, Any]:
+    if not ctx.is_main:
+        logging.getLogger("detector").setLevel(logging.WARNING)
+    cfg = with_scaled_solver(cfg)
+    output_dir = Path(broadcast_from_main(str(resolve_output_dir(cfg)) if ctx.is_main else None))
+    resume = find_resume_checkpoint(cfg.train.get("resume", False), output_dir)
+    seed_everything(int(cfg.seed) + ctx.rank)
+    if ctx.is_main:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        remove_stale_temporaries(output_dir)
+        prepare_dataset(cfg)  # first on rank 0 alone: no two processes write the dataset
+    barrier()
+    if not ctx.is_main:
+        prepare_dataset(cfg)
+    state = load_checkpoint(resume) if resume is not None else None
+    trainer = build_trainer(cfg, ctx, device, output_dir, state)
+    if state is not None:
+        restore_training_state(trainer, state, cfg, ctx, source=resume)
     logger.info(
-        "training %s for %d iterations in %s", type(model).__name__, trainer.max_iter, output_dir
+        "training %s for %d iterations (from %d) on %d process(es) in %s",
+        type(unwrap(trainer.model)).__name__,
+        trainer.max_iter,
+        trainer.iter,
+        ctx.world_size,
+        output_dir,
     )
-    metrics = trainer.train()
-    if metrics:
+    try:
+        metrics = trainer.train()
+    except FloatingPointError as err:
+        last = latest_checkpoint(output_dir)
+        raise FloatingPointError(
+            f"{err} The last good checkpoint is {last or 'none (none was written yet)'}; "
+            "it was not overwritten."
+        ) from err
+    if metrics and "AP" in metrics:
         summary = {k: metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}
         logger.info("final metrics: %s", json.dumps(summary))
     return metrics
+
+
+def build_trainer(
+    cfg: DictConfig,
+    ctx: DistributedContext,
+    device: torch.device,
+    output_dir: Path,
+    state: dict[str, Any] | None,
+) -> Trainer:
+    """Model (DDP-wrapped when distributed), optimizer, schedule, this rank's data stream
+    from the resumed iteration (``state``; not loaded here), hooks and precision."""
+    train_set = build_dataset(cfg, "train")
+    model = build_model(cfg, device)
+    if state is None and cfg.model.get("init_checkpoint"):
+        ckpt = load_checkpoint(cfg.model.init_checkpoint)
+        load_model_weights(model, ckpt["model"], source=str(cfg.model.init_checkpoint))
+    start_iter = int(state["iteration"]) if state is not None else 0
+    extra = {
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "class_names": list(train_set.class_names),
+        "data": data_identity(cfg),
+    }
+    optimizer = build_optimizer(cfg, model)
+    return Trainer(
+        model=wrap_ddp(model, device),
+        optimizer=optimizer,
+        scheduler=build_scheduler(cfg, optimizer),
+        data=iter(build_rank_loader(cfg, train_set, ctx, start_iter)),
+        max_iter=int(cfg.solver.max_iter),
+        device=device,
+        hooks=build_hooks(cfg, ctx, model, device, output_dir, extra),
+        start_iter=start_iter,
+        clip_grad_norm=cfg.train.get("clip_grad_norm"),
+        precision=MixedPrecision(
+            enabled=bool(cfg.train.get("amp", False)),
+            dtype=str(cfg.train.get("amp_dtype", "bfloat16")),
+            device=device,
+        ),
+    )
+
+
+def with_scaled_solver(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with the linear LR scaling rule applied to ``cfg.solver`` for the total batch
+    ``dataloader.batch_size`` (see :func:`~detector.engine.optim.scale_solver`)."""
+    batch_size = int(cfg.dataloader.batch_size)
+    solver = scale_solver(cfg.solver, batch_size)
+    if solver is cfg.solver:
+        return cfg
+    logger.info(
+        "linear scaling rule: solver.reference_batch_size %s -> batch %d: lr %g, max_iter %d, "
+        "steps %s",
+        cfg.solver.reference_batch_size,
+        batch_size,
+        solver.optimizer.lr,
+        solver.max_iter,
+        list(solver.steps),
+    )
+    cfg = cfg.copy()
+    cfg.solver = solver
+    return cfg
+
+
+def data_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What determines the training stream; a resumed run must match it to be exact."""
+    return {
+        "seed": int(cfg.seed),
+        "batch_size": int(cfg.dataloader.batch_size),
+        "aspect_ratio_grouping": bool(cfg.dataloader.aspect_ratio_grouping),
+    }
+
+
+def build_rank_loader(cfg: DictConfig, dataset: Any, ctx: DistributedContext, start: int) -> Any:
+    """This rank's share of the training stream from global batch ``start`` on."""
+    total = int(cfg.dataloader.batch_size)
+    if total % ctx.world_size != 0:
+        raise ValueError(
+            f"dataloader.batch_size={total} (the total batch) is not divisible by the "
+            f"{ctx.world_size} processes"
+        )
+    return build_train_loader(
+        dataset,
+        batch_size=total // ctx.world_size,
+        num_workers=int(cfg.dataloader.num_workers),
+        seed=int(cfg.seed),
+        aspect_ratio_grouping=bool(cfg.dataloader.aspect_ratio_grouping),
+        num_shards=ctx.world_size,
+        shard=ctx.rank,
+        start=start,
+    )
+
+
+def build_hooks(
+    cfg: DictConfig,
+    ctx: DistributedContext,
+    model: FasterRCNN,
+    device: torch.device,
+    output_dir: Path,
+    extra: dict[str, Any],
+) -> list[HookBase]:
+    """Timer, evaluation, checkpointing (all ranks), then the writers (rank 0)."""
+    t = cfg.train
+    max_iter = int(cfg.solver.max_iter)
+    checkpointer = Checkpointer(
+        output_dir=output_dir, extra=extra, device=device, is_main=ctx.is_main
+    )
+
+    def evaluate(iteration: int) -> dict[str, Any]:
+        out = output_dir if iteration >= max_iter else output_dir / "eval" / f"{iteration:07d}"
+        return evaluate_on_val(cfg, model, device, out if ctx.is_main else None)
+
+    hooks: list[HookBase] = [IterationTimer(images_per_step=int(cfg.dataloader.batch_size))]
+    if cfg.eval.enabled:
+        hooks.append(PeriodicEvaluation(evaluate=evaluate, period=int(t.get("eval_period", 0))))
+    hooks.append(
+        PeriodicCheckpointer(
+            checkpointer=checkpointer,
+            period=int(t.checkpoint_period),
+            keep_last=int(t.get("keep_last", 0)),
+        )
+    )
+    if cfg.eval.enabled and int(t.get("eval_period", 0)) > 0 and t.get("best_metric"):
+        hooks.append(BestCheckpointer(checkpointer=checkpointer, metric=f"val/{t.best_metric}"))
+    if ctx.is_main:
+        hooks += build_writers(cfg, output_dir)
+    return hooks
+
+
+def build_writers(cfg: DictConfig, output_dir: Path) -> list[HookBase]:
+    """Log lines (console + ``metrics.jsonl``), TensorBoard (if enabled and installed), bar."""
+    period = int(cfg.train.log_period)
+    writers: list[HookBase] = [PeriodicLogger(period=period, path=output_dir / "metrics.jsonl")]
+    if cfg.train.get("tensorboard", False):
+        try:
+            writers.append(TensorBoardWriter(log_dir=output_dir / "tensorboard", period=period))
+        except ImportError as err:
+            logger.warning("%s; continuing without TensorBoard", err)
+    writers.append(ProgressBar())
+    return writers
+
+
+def find_resume_checkpoint(resume: Any, output_dir: Path) -> Path | None:
+    """``train.resume``: false/null -> None; true -> the latest checkpoint of ``output_dir``
+    (None, with a log line, when there is none yet: a fresh start); a path -> that file."""
+    if resume is None or resume is False or str(resume).lower() == "false":
+        return None
+    if resume is True or str(resume).lower() == "true":
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            logger.info(
+                "train.resume=true: no checkpoint in %s yet, starting from scratch", output_dir
+            )
+        return found
+    path = Path(str(resume)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"train.resume={str(resume)!r}: no such checkpoint file")
+    return path
+
+
+def restore_training_state(
+    trainer: Trainer,
+    state: dict[str, Any],
+    cfg: DictConfig,
+    ctx: DistributedContext,
+    *,
+    source: Path | None,
+) -> None:
+    """Load model, optimizer, scheduler, scaler, iteration, hook states and this rank's RNG
+    states; warn where the resumed run cannot be an exact continuation."""
+    if state.get("data") not in (None, data_identity(cfg)):
+        logger.warning(
+            "resuming from %s with another data stream (%s, was %s): not an exact continuation",
+            source,
+            data_identity(cfg),
+            state["data"],
+        )
+    trainer.load_state_dict(state)
+    saved_rng = state.get("rng") or []
+    if len(saved_rng) == ctx.world_size:
+        rng.restore_rng_state(saved_rng[ctx.rank], trainer.device)
+    else:
+        logger.warning(
+            "checkpoint %s holds RNG states of %d process(es), this job has %d: RNG not restored",
+            source,
+            len(saved_rng),
+            ctx.world_size,
+        )
+    logger.info("resumed from %s at iteration %d", source, trainer.iter)

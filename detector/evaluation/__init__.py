@@ -7,6 +7,12 @@ from detector.evaluation.coco_eval import (
     format_coco_table,
     score_coco_results_file,
 )
+from detector.evaluation.dataset_eval import (
+    EVAL_TYPES,
+    DetectionEvaluator,
+    format_metrics,
+    write_metrics,
+)
 from detector.evaluation.voc_eval import (
     VOCEvaluator,
     format_voc_table,
@@ -15,13 +21,17 @@ from detector.evaluation.voc_eval import (
 )
 
 __all__ = [
+    "EVAL_TYPES",
     "STAT_NAMES",
     "COCOEvaluator",
+    "DetectionEvaluator",
     "VOCEvaluator",
     "evaluate_coco",
     "format_coco_table",
+    "format_metrics",
     "format_voc_table",
     "score_coco_results_file",
     "score_voc_results",
     "voc_ap",
+    "write_metrics",
 ]

@@ -506,12 +506,26 @@ class VOCEvaluator:
         return _evaluate_classes(class_inputs, self.iou_thresholds, self.use_07_metric)
 
     def save_results(
-        self, directory: str | Path, *, prefix: str = "comp4_det_test_"
+        self,
+        directory: str | Path,
+        *,
+        prefix: str = "comp4_det_test_",
+        image_names: Mapping[Hashable, str] | None = None,
     ) -> dict[str, Path]:
-        """Write one devkit results file per class (``<prefix><class>.txt``, 1-based boxes)."""
-        return {
-            name: write_voc_results_file(
-                Path(directory) / f"{prefix}{name}.txt", collector.detections()
-            )
-            for name, collector in zip(self.class_names, self._collectors, strict=True)
-        }
+        """Write one devkit results file per class (``<prefix><class>.txt``, 1-based boxes).
+
+        Args:
+            image_names: image id -> the id written in the file (the devkit uses the image
+                name, e.g. ``2007_000027``); default: the ids as they are.
+        """
+        files = {}
+        for name, collector in zip(self.class_names, self._collectors, strict=True):
+            dets = collector.detections()
+            if image_names is not None:
+                dets = VOCDetections(
+                    image_ids=[image_names[i] for i in dets.image_ids],
+                    scores=dets.scores,
+                    boxes=dets.boxes,
+                )
+            files[name] = write_voc_results_file(Path(directory) / f"{prefix}{name}.txt", dets)
+        return files

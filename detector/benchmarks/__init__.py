@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): timed tasks run by ``tools/benchmark.py`` (``configs/benchmark.yaml``)."""

@@ -1,0 +1,531 @@
+"""Benchmark: our Faster R-CNN against torchvision's, side by side in one process.
+
+:class:`SpeedBenchmark` (the ``speed`` task of ``configs/benchmark.yaml``) measures on the
+current device, interleaving the contenders so that load from other processes hits both alike:
+
+- inference images/s of our detector (as :func:`~detector.modeling.fuse.optimize_for_inference`
+  returns it, under ``torch.inference_mode``) and of torchvision's ``FasterRCNN`` holding the
+  same weights, settings and input size, after checking that both return the same detections;
+- training iterations/s (forward + backward + SGD step) of the same pair, and the share of a
+  step spent in the per-region head (``box_head`` forward + backward; res5 for C4 models);
+- data-loading images/s of our training pipeline (:mod:`detector.benchmarks.data_speed`);
+- COCO evaluation time of both engines (:class:`~detector.benchmarks.coco_eval.CocoEvalBenchmark`);
+
+and reports medians and the ratio of each pair. The torchvision twin and the checks live in
+:mod:`detector.benchmarks.twin`, the timing helpers in :mod:`detector.benchmarks.timing`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from detector.benchmarks.data_speed import time_data_loading
+from detector.benchmarks.timing import Throughput, Timing, autocast, num_threads, time_interleaved
+from detector.benchmarks.twin import (
+    Targets,
+    benchmark_images,
+    benchmark_targets,
+    calibrate_classifier,
+    compare_detections,
+    detections_match,
+    randomize_weights,
+    torchvision_twin,
+)
+from detector.evaluation.tables import format_table
+from detector.modeling.fuse import optimize_for_inference
+from detector.modeling.meta_arch import FasterRCNN
+
+logger = logging.getLogger(__name__)
+
+OURS, TORCHVISION = "ours", "torchvision"
+
+
+# --------------------------------------------------------------------------- comparisons
+#: extra inference contenders (``levers=true``): the optimisations added one at a time
+LEVERS: dict[str, dict[str, bool]] = {
+    "ours, unoptimised": {"fold_bn": False, "channels_last": False, "fuse_relu": False},
+    "ours, + BN folded": {"fold_bn": True, "channels_last": False, "fuse_relu": False},
+    "ours, + channels-last": {"fold_bn": True, "channels_last": True, "fuse_relu": False},
+}
+
+
+def _inference_call(model: nn.Module, images: list[Tensor], timing: Timing) -> Callable[[], None]:
+    def call() -> None:
+        with torch.inference_mode(), autocast(timing.device, timing.amp):
+            model(images)
+
+    return call
+
+
+def compare_inference(
+    ours: FasterRCNN,
+    twin: nn.Module,
+    images: list[Tensor],
+    timing: Timing,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    fuse_relu: bool = True,
+    levers: bool = False,
+) -> dict[str, Any]:
+    """Detections (float32) and images/s of ``optimize_for_inference(ours)`` vs ``twin``.
+
+    Returns ``detections`` (:func:`compare_detections` of ours against the twin) and
+    ``throughput`` per contender (``ours``, ``torchvision`` and, with ``levers``, the
+    :data:`LEVERS` variants), each a :meth:`Throughput.as_dict`.
+    """
+    twin.eval()
+    models = {
+        OURS: optimize_for_inference(
+            ours, fold_bn=fold_bn, channels_last=channels_last, fuse_relu=fuse_relu
+        )
+    }
+    models[TORCHVISION] = twin
+    if levers:
+        models.update({name: optimize_for_inference(ours, **kw) for name, kw in LEVERS.items()})
+    with torch.inference_mode():
+        report = compare_detections(models[OURS](images), twin(images))
+    fns = {name: _inference_call(m, images, timing) for name, m in models.items()}
+    seconds = time_interleaved(
+        fns, warmup=timing.warmup, repeats=timing.repeats, device=timing.device, desc="inference"
+    )
+    return {
+        "detections": report,
+        "throughput": {k: Throughput(s, len(images)).as_dict() for k, s in seconds.items()},
+    }
+
+
+def training_step(
+    model: nn.Module, images: list[Tensor], targets: Targets, *, timing: Timing, lr: float
+) -> Callable[[], dict[str, float]]:
+    """One SGD step (momentum 0.9, weight decay 1e-4) on a fixed batch; returns the losses.
+
+    The same function drives both detectors: loss dict -> sum -> backward -> step.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(
+        timing.device.type, enabled=timing.amp and timing.device.type == "cuda"
+    )
+
+    def step() -> dict[str, float]:
+        with autocast(timing.device, timing.amp):
+            losses = model(images, targets)
+        total = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    return step
+
+
+def _first_step_losses(
+    steps: Mapping[str, Callable[[], dict[str, float]]], twin: nn.Module
+) -> dict[str, float]:
+    """Total loss of each contender's first step, each from the same RNG state.
+
+    torchvision's training transform draws a random number per image to pick one of its
+    ``min_size`` values; with a single value the pick is fixed, so that draw is skipped here
+    (and only here) to keep both RNG streams, hence both RoI samples, aligned.
+    """
+    choose = twin.transform.min_size
+    if len(choose) != 1:
+        raise ValueError(f"expected one torchvision min_size, got {choose}")
+    twin.transform.torch_choice = lambda sizes: sizes[0]
+    try:
+        losses = {}
+        for name, step in steps.items():
+            torch.manual_seed(0)
+            losses[name] = sum(step().values())
+    finally:
+        del twin.transform.torch_choice
+    return losses
+
+
+def _head_input(model: FasterRCNN, images: list[Tensor], targets: Targets) -> Tensor:
+    """A random tensor shaped like what ``box_head`` receives in a training step."""
+    shapes: list[torch.Size] = []
+    hook = model.roi_heads.box_head.register_forward_hook(
+        lambda _m, args, _out: shapes.append(args[0].shape)
+    )
+    try:
+        with torch.no_grad():
+            model(images, targets)
+    finally:
+        hook.remove()
+    needs_grad = any(p.requires_grad for p in model.backbone.parameters())
+    return torch.randn(shapes[0], device=images[0].device, requires_grad=needs_grad)
+
+
+def _head_call(head: nn.Module, x: Tensor, timing: Timing) -> Callable[[], None]:
+    def call() -> None:
+        with autocast(timing.device, timing.amp):
+            y = head(x)
+        y.float().sum().backward()
+
+    return call
+
+
+def compare_training(
+    ours: FasterRCNN,
+    twin: nn.Module,
+    images: list[Tensor],
+    targets: Targets,
+    timing: Timing,
+    *,
+    lr: float = 1e-4,
+) -> dict[str, Any]:
+    """Iterations/s of copies of ``ours`` and ``twin`` in training mode, and the share of our
+    step spent in the per-region head.
+
+    Returns ``losses`` (first step of each from the same RNG state: same weights and the same
+    sampling draws give the same total loss when the two implement the same training),
+    ``throughput`` per contender (iterations), and ``box_head`` (its forward + backward on a
+    tensor of the shape it gets in the step, timed in the same interleaved rounds) with
+    ``share`` = median head time / median step time and the ``input_shape``.
+    """
+    ours, twin = copy.deepcopy(ours).train(), copy.deepcopy(twin).train()
+    steps = {
+        OURS: training_step(ours, images, targets, timing=timing, lr=lr),
+        TORCHVISION: training_step(twin, images, targets, timing=timing, lr=lr),
+    }
+    losses = _first_step_losses(steps, twin)
+    head_x = _head_input(ours, images, targets)
+    fns: dict[str, Callable[[], object]] = dict(steps)
+    fns["box_head"] = _head_call(ours.roi_heads.box_head, head_x, timing)
+    seconds = time_interleaved(
+        fns, warmup=timing.warmup, repeats=timing.repeats, device=timing.device, desc="training"
+    )
+    head = seconds.pop("box_head")
+    return {
+        "losses": {**losses, "abs_diff": abs(losses[OURS] - losses[TORCHVISION])},
+        "throughput": {k: Throughput(s, 1).as_dict() for k, s in seconds.items()},
+        "box_head": {
+            "module": type(ours.roi_heads.box_head).__name__,
+            "input_shape": list(head_x.shape),
+            **Throughput(head, 1).as_dict(),
+            "share": statistics.median(head) / statistics.median(seconds[OURS]),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- the task
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Inference part: images of shorter side ``image_size`` (4:3, longer side capped at
+    ``max_size``), ``batch_size`` per call; our model optimised with ``fold_bn``,
+    ``channels_last`` and ``fuse_relu`` (:func:`~detector.modeling.fuse.optimize_for_inference`);
+    ``levers`` also times the optimisations added one at a time (:data:`LEVERS`); detections
+    count as identical within ``box_atol`` pixels and ``score_atol``."""
+
+    image_size: int = 800
+    max_size: int = 1333
+    batch_size: int = 1
+    warmup: int = 1
+    repeats: int = 5
+    fold_bn: bool = True
+    channels_last: bool = True
+    fuse_relu: bool = True
+    levers: bool = False
+    box_atol: float = 0.01
+    score_atol: float = 1e-4
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Training part: a fixed batch of ``batch_size`` images (as for inference) with
+    ``boxes_per_image`` random ground-truth boxes; SGD with learning rate ``lr``."""
+
+    image_size: int = 800
+    max_size: int = 1333
+    batch_size: int = 2
+    boxes_per_image: int = 7
+    warmup: int = 1
+    repeats: int = 3
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class DataLoadingSettings:
+    """Data part: ``dataset`` (a Hydra node of a training dataset with its transforms) loaded
+    by ``num_workers`` workers in batches of ``batch_size``; ``repeats`` windows of ``batches``."""
+
+    dataset: Any
+    batch_size: int = 2
+    num_workers: int = 2
+    batches: int = 10
+    repeats: int = 3
+    warmup_batches: int = 2
+
+
+class SpeedBenchmark:
+    """Our detector vs torchvision's (inference, training), data loading and COCO evaluation,
+    in one run (a Hydra ``_target_`` of ``configs/benchmark.yaml``; see the module doc).
+
+    Args:
+        net: the model's Hydra node (``${model.net}``), instantiated here.
+        weights: ``None``: seeded random weights (:func:`randomize_weights`,
+            :func:`calibrate_classifier`); or a state dict file in our (= torchvision's, for
+            FPN) layout, e.g. torchvision's ``fasterrcnn_resnet50_fpn`` COCO checkpoint with
+            ``model.num_classes=90``.
+        device: ``cpu`` or ``cuda[:N]``; ``amp``: time under autocast (float16 on CUDA,
+            bfloat16 on CPU; detections are still checked in float32); ``threads``: torch CPU
+            threads (``None``: torch's default).
+        inference, training, data_loading: settings of each part (see :class:`InferenceSettings`,
+            :class:`TrainingSettings`, :class:`DataLoadingSettings`); ``None`` skips the part.
+        coco_eval: a Hydra node of :class:`~detector.benchmarks.coco_eval.CocoEvalBenchmark`,
+            or ``None`` to skip it.
+    """
+
+    name = "speed"
+
+    def __init__(
+        self,
+        *,
+        net: Any,
+        weights: str | None = None,
+        device: str = "cpu",
+        amp: bool = False,
+        threads: int | None = None,
+        seed: int = 0,
+        inference: Mapping[str, Any] | None = None,
+        training: Mapping[str, Any] | None = None,
+        data_loading: Mapping[str, Any] | None = None,
+        coco_eval: Any = None,
+    ) -> None:
+        self.net = net
+        self.weights = weights
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available here; use device=cpu")
+        self.amp = amp
+        self.threads = threads
+        self.seed = seed
+        self.inference = InferenceSettings(**inference) if inference is not None else None
+        self.training = TrainingSettings(**training) if training is not None else None
+        self.data_loading = DataLoadingSettings(**data_loading) if data_loading else None
+        self.coco_eval = coco_eval
+
+    def build_model(self, images: list[Tensor]) -> FasterRCNN:
+        """Our detector with the configured or seeded random weights, on the device."""
+        torch.manual_seed(self.seed)
+        model = instantiate(self.net).to(self.device)
+        if self.weights:
+            state = torch.load(self.weights, map_location=self.device, weights_only=True)
+            if isinstance(state, dict) and isinstance(state.get("model"), dict):
+                state = state["model"]
+            model.load_state_dict(state, strict=True)
+        else:
+            randomize_weights(model, seed=self.seed)
+            calibrate_classifier(model, images, seed=self.seed)
+        return model
+
+    def run(self) -> dict[str, Any]:
+        """Run the configured parts; results with a ``"table"`` (see :func:`format_result`)."""
+        result: dict[str, Any] = {"name": self.name, "settings": self.settings()}
+        with num_threads(self.threads):
+            result["settings"]["threads"] = torch.get_num_threads()
+            model = None
+            if self.inference is not None:
+                model, result["inference"] = self._run_inference(self.inference)
+            if self.training is not None:
+                result["training"] = self._run_training(self.training, model)
+            if self.data_loading is not None:
+                result["data_loading"] = self._run_data_loading(self.data_loading)
+            if self.coco_eval is not None:
+                result["coco_eval"] = _without_table(instantiate(self.coco_eval).run())
+        result["table"] = format_result(result)
+        return result
+
+    def settings(self) -> dict[str, Any]:
+        parts = {"inference": self.inference, "training": self.training}
+        return {
+            "device": str(self.device),
+            "amp": self.amp,
+            "weights": self.weights or f"random (seed {self.seed})",
+            **{k: (vars(v) if v is not None else None) for k, v in parts.items()},
+            "data_loading": (
+                None
+                if self.data_loading is None
+                else {k: v for k, v in vars(self.data_loading).items() if k != "dataset"}
+            ),
+        }
+
+    def _images(self, image_size: int, max_size: int, batch_size: int) -> list[Tensor]:
+        return benchmark_images(
+            batch_size=batch_size,
+            image_size=image_size,
+            max_size=max_size,
+            device=self.device,
+            seed=self.seed,
+        )
+
+    def _run_inference(self, s: InferenceSettings) -> tuple[FasterRCNN, dict[str, Any]]:
+        logger.info("speed: inference, ours vs torchvision (%s)", s)
+        images = self._images(s.image_size, s.max_size, s.batch_size)
+        model = self.build_model(images)
+        twin = torchvision_twin(model, min_size=s.image_size, max_size=s.max_size)
+        timing = Timing(self.device, warmup=s.warmup, repeats=s.repeats, amp=self.amp)
+        out = compare_inference(
+            model,
+            twin,
+            images,
+            timing,
+            fold_bn=s.fold_bn,
+            channels_last=s.channels_last,
+            fuse_relu=s.fuse_relu,
+            levers=s.levers,
+        )
+        out["image_shape"] = list(images[0].shape)
+        out["identical"] = detections_match(
+            out["detections"], box_atol=s.box_atol, score_atol=s.score_atol
+        )
+        return model, out
+
+    def _run_training(self, s: TrainingSettings, model: FasterRCNN | None) -> dict[str, Any]:
+        logger.info("speed: training, ours vs torchvision (%s)", s)
+        images = self._images(s.image_size, s.max_size, s.batch_size)
+        model = model if model is not None else self.build_model(images)
+        twin = torchvision_twin(model, min_size=s.image_size, max_size=s.max_size)
+        targets = benchmark_targets(
+            images, num_classes=model.num_classes, boxes_per_image=s.boxes_per_image, seed=self.seed
+        )
+        timing = Timing(self.device, warmup=s.warmup, repeats=s.repeats, amp=self.amp)
+        out = compare_training(model, twin, images, targets, timing, lr=s.lr)
+        out["image_shape"] = list(images[0].shape)
+        out["batch_size"] = s.batch_size
+        return out
+
+    def _run_data_loading(self, s: DataLoadingSettings) -> dict[str, Any]:
+        logger.info("speed: data loading (%d workers, batch %d)", s.num_workers, s.batch_size)
+        dataset = instantiate(s.dataset, _convert_="all")
+        return time_data_loading(
+            dataset,
+            batch_size=s.batch_size,
+            num_workers=s.num_workers,
+            batches=s.batches,
+            repeats=s.repeats,
+            warmup_batches=s.warmup_batches,
+            seed=self.seed,
+        )
+
+
+def _without_table(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "table"}
+
+
+# --------------------------------------------------------------------------- the table
+def ratio_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per pair: ``what``, ``ours``, ``reference``, ``ratio`` (ours / reference as a
+    rate, higher is better for us), ``target`` (the issue's, or ``None``)."""
+    rows = []
+    if "inference" in result:
+        tp = result["inference"]["throughput"]
+        ours, ref = tp[OURS]["per_s"], tp[TORCHVISION]["per_s"]
+        shape = "x".join(map(str, result["inference"]["image_shape"][1:]))
+        what = f"inference images/s ({shape}), ours vs torchvision"
+        rows.append({"what": what, "ours": ours, "reference": ref, "target": 1.3})
+    if "training" in result:
+        tp = result["training"]["throughput"]
+        ours, ref = tp[OURS]["per_s"], tp[TORCHVISION]["per_s"]
+        what = (
+            f"training iterations/s (batch {result['training']['batch_size']}), ours vs torchvision"
+        )
+        rows.append({"what": what, "ours": ours, "reference": ref, "target": 1.0})
+    if "data_loading" in result and "training" in result:
+        train_images = (
+            result["training"]["throughput"][OURS]["per_s"] * result["training"]["batch_size"]
+        )
+        what = "data-loading images/s vs our training images/s"
+        data = result["data_loading"]["median_images_per_s"]
+        rows.append({"what": what, "ours": data, "reference": train_images, "target": 3.0})
+    if "coco_eval" in result:
+        med = result["coco_eval"]["median_seconds"]
+        if {"faster_coco_eval", "pycocotools"} <= set(med):
+            what = "COCO evaluations/s, faster_coco_eval vs pycocotools"
+            ours, ref = 1 / med["faster_coco_eval"], 1 / med["pycocotools"]
+            rows.append({"what": what, "ours": ours, "reference": ref, "target": None})
+    for row in rows:
+        row["ratio"] = row["ours"] / row["reference"]
+    return rows
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The readable summary of :meth:`SpeedBenchmark.run`'s result: the ratio table, then the
+    checks and details of each part."""
+    rows = ratio_rows(result)
+    result["ratios"] = rows
+    table = format_table(
+        ["pair", "ours", "reference", "ratio", "target"],
+        [
+            [
+                r["what"],
+                f"{r['ours']:.3g}",
+                f"{r['reference']:.3g}",
+                f"{r['ratio']:.2f}x",
+                "" if r["target"] is None else f">= {r['target']:.1f}x",
+            ]
+            for r in rows
+        ],
+    )
+    s = result["settings"]
+    lines = [
+        f"device {s['device']}, {s['threads']} CPU threads, amp {s['amp']}, "
+        f"weights {s['weights']}; medians of interleaved repeats",
+        table,
+    ]
+    lines += _inference_details(result.get("inference"))
+    lines += _training_details(result.get("training"))
+    if "data_loading" in result:
+        d = result["data_loading"]
+        h, w = d["mean_image_size"]
+        lines.append(
+            f"data loading: {d['num_workers']} workers, batch {d['batch_size']}, mean image "
+            f"{h:.0f}x{w:.0f}, windows " + ", ".join(f"{r:.1f}" for r in d["images_per_s"])
+        )
+    return "\n".join(lines)
+
+
+def _inference_details(inf: Mapping[str, Any] | None) -> list[str]:
+    if inf is None:
+        return []
+    d = inf["detections"]
+    verdict = "identical" if inf["identical"] else "MISMATCH"
+    lines = [
+        f"detections (float32), optimised ours vs torchvision: {verdict}: "
+        f"{d['num_detections']} detections, same counts {d['same_counts']}, same labels "
+        f"{d['same_labels']}, max |box diff| {d['box_diff']:.1e} px, max |score diff| "
+        f"{d['score_diff']:.1e}"
+    ]
+    tp = inf["throughput"]
+    if len(tp) > 2:
+        ref = tp[TORCHVISION]["median_s"]
+        rows = [
+            [name, f"{v['median_s']:.3f}", f"{v['per_s']:.3g}", f"{ref / v['median_s']:.2f}x"]
+            for name, v in tp.items()
+        ]
+        lines.append(format_table(["inference", "median s", "images/s", "vs torchvision"], rows))
+    return lines
+
+
+def _training_details(tr: Mapping[str, Any] | None) -> list[str]:
+    if tr is None:
+        return []
+    losses, head = tr["losses"], tr["box_head"]
+    return [
+        f"training: first-step total loss ours {losses[OURS]:.6f}, torchvision "
+        f"{losses[TORCHVISION]:.6f} (|diff| {losses['abs_diff']:.1e})",
+        f"per-region head ({head['module']}) forward+backward on {tuple(head['input_shape'])}: "
+        f"{head['median_s']:.3f} s = {100 * head['share']:.1f}% of our training step",
+    ]

@@ -1,0 +1,73 @@
+"""Per-RoI choice of pyramid scales (SPP-net) and the maxout merge of their pooled features.
+
+Pure functions used by multi-scale testing in the ResNet paper's form (:mod:`multiscale_paper`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def select_scale_pairs(
+    areas: Tensor, scale_factors: Tensor, *, target_size: float = 224.0
+) -> Tensor:
+    """Two adjacent pyramid scales per RoI.
+
+    SPP-net's rule: the first is the scale at which the RoI's area is closest to
+    ``target_size ** 2`` pixels; the second is its neighbour in the pyramid whose scaled area is
+    the closer of the two neighbours (the only neighbour at either end of the pyramid; the same
+    scale when the pyramid has one scale). Ties go to the smaller scale.
+
+    Args:
+        areas: (R,) RoI areas in pixels of the image the RoIs are given in.
+        scale_factors: (S,) strictly increasing linear factors from that image to each pyramid
+            level (the area scales by the factor squared).
+
+    Returns:
+        (R, 2) int64 scale indices ``[closest, neighbour]``.
+    """
+    f = torch.as_tensor(scale_factors, dtype=torch.float64, device=areas.device).reshape(-1)
+    if f.numel() == 0 or bool((f <= 0).any()) or bool((f[1:] <= f[:-1]).any()):
+        raise ValueError(
+            f"scale_factors must be positive and strictly increasing, got {f.tolist()}"
+        )
+    dist = (areas.to(torch.float64)[:, None] * f[None, :] ** 2 - float(target_size) ** 2).abs()
+    best = dist.argmin(dim=1)
+    num = f.numel()
+    if num == 1:
+        return torch.stack([best, best], dim=1)
+    inf = torch.full_like(best, 0, dtype=torch.float64) + float("inf")
+    lower, upper = (best - 1).clamp(min=0), (best + 1).clamp(max=num - 1)
+    d_lower = torch.where(best > 0, dist.gather(1, lower[:, None])[:, 0], inf)
+    d_upper = torch.where(best < num - 1, dist.gather(1, upper[:, None])[:, 0], inf)
+    return torch.stack([best, torch.where(d_lower <= d_upper, lower, upper)], dim=1)
+
+
+def maxout_pool(pairs: Tensor, pool_at_scale: Callable[[int, Tensor], Tensor]) -> Tensor:
+    """Element-wise max of each RoI's features pooled at its scales.
+
+    Args:
+        pairs: (R, K) scale indices per RoI (K = 2 for the paper's adjacent pair).
+        pool_at_scale: ``pool_at_scale(s, idx) -> (len(idx), C, S, S)``, the RoIs ``idx``
+            (sorted int64 indices into the R RoIs) pooled at scale ``s``.
+
+    Returns:
+        (R, C, S, S): ``max over k of pool_at_scale(pairs[r, k])[r]``. Each scale is pooled once,
+        for the RoIs that use it.
+    """
+    if pairs.dim() != 2:
+        raise ValueError(f"pairs must be (R, K), got {tuple(pairs.shape)}")
+    num = pairs.shape[0]
+    if num == 0:
+        return pool_at_scale(0, pairs.new_zeros((0,)))
+    out: Tensor | None = None
+    for s in torch.unique(pairs).tolist():
+        idx = torch.where((pairs == s).any(dim=1))[0]
+        pooled = pool_at_scale(int(s), idx)
+        if out is None:
+            out = pooled.new_full((num, *pooled.shape[1:]), float("-inf"))
+        out[idx] = torch.maximum(out[idx], pooled)
+    return out
