@@ -14,7 +14,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d
 
-from detector.benchmarks.speed import (
+from detector.benchmarks.twin import (
     benchmark_images,
     calibrate_classifier,
     compare_detections,

@@ -32,9 +32,9 @@ def time_data_loading(
 
     ``warmup_batches`` are drawn first, untimed (worker start-up, first file reads).
 
-    Returns ``images_per_s`` (one per window), ``median_images_per_s``, the settings and
-    ``mean_image_size`` ((H, W) averaged over the timed batches, to show the size the
-    transforms produced).
+    Returns ``images_per_s`` (one per window), ``median_images_per_s``, the settings, and
+    to show the sizes the transforms produced: ``mean_image_size`` ((H, W) averaged over the
+    timed images) and ``short_side_range`` ([min, max] of their shorter sides).
     """
     if batches < 1 or repeats < 1 or warmup_batches < 0:
         raise ValueError(
@@ -71,4 +71,5 @@ def time_data_loading(
         "num_workers": num_workers,
         "batches_per_window": batches,
         "mean_image_size": [statistics.mean(heights), statistics.mean(widths)],
+        "short_side_range": [min(map(min, heights, widths)), max(map(min, heights, widths))],
     }

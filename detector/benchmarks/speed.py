@@ -489,10 +489,12 @@ def format_result(result: dict[str, Any]) -> str:
     lines += _training_details(result.get("training"))
     if "data_loading" in result:
         d = result["data_loading"]
-        h, w = d["mean_image_size"]
+        (h, w), (lo, hi) = d["mean_image_size"], d["short_side_range"]
+        sides = f"{lo}" if lo == hi else f"{lo}..{hi}"
         lines.append(
-            f"data loading: {d['num_workers']} workers, batch {d['batch_size']}, mean image "
-            f"{h:.0f}x{w:.0f}, windows " + ", ".join(f"{r:.1f}" for r in d["images_per_s"])
+            f"data loading: {d['num_workers']} workers, batch {d['batch_size']}, shorter side "
+            f"{sides}, mean image {h:.0f}x{w:.0f}; images/s per window "
+            + ", ".join(f"{r:.1f}" for r in d["images_per_s"])
         )
     return "\n".join(lines)
 
