@@ -52,9 +52,30 @@ OURS, TORCHVISION = "ours", "torchvision"
 # --------------------------------------------------------------------------- comparisons
 #: extra inference contenders (``levers=true``): the optimisations added one at a time
 LEVERS: dict[str, dict[str, bool]] = {
-    "ours, unoptimised": {"fold_bn": False, "channels_last": False, "fuse_relu": False},
-    "ours, + BN folded": {"fold_bn": True, "channels_last": False, "fuse_relu": False},
-    "ours, + channels-last": {"fold_bn": True, "channels_last": True, "fuse_relu": False},
+    "ours, unoptimised": {
+        "fold_bn": False,
+        "channels_last": False,
+        "fuse_relu": False,
+        "parallel_pool": False,
+    },
+    "ours, + BN folded": {
+        "fold_bn": True,
+        "channels_last": False,
+        "fuse_relu": False,
+        "parallel_pool": False,
+    },
+    "ours, + channels-last": {
+        "fold_bn": True,
+        "channels_last": True,
+        "fuse_relu": False,
+        "parallel_pool": False,
+    },
+    "ours, + ReLU fused": {
+        "fold_bn": True,
+        "channels_last": True,
+        "fuse_relu": True,
+        "parallel_pool": False,
+    },
 }
 
 
@@ -75,6 +96,7 @@ def compare_inference(
     fold_bn: bool = True,
     channels_last: bool = True,
     fuse_relu: bool = True,
+    parallel_pool: bool = True,
     levers: bool = False,
 ) -> dict[str, Any]:
     """Detections (float32) and images/s of ``optimize_for_inference(ours)`` vs ``twin``.
@@ -86,7 +108,11 @@ def compare_inference(
     twin.eval()
     models = {
         OURS: optimize_for_inference(
-            ours, fold_bn=fold_bn, channels_last=channels_last, fuse_relu=fuse_relu
+            ours,
+            fold_bn=fold_bn,
+            channels_last=channels_last,
+            fuse_relu=fuse_relu,
+            parallel_pool=parallel_pool,
         )
     }
     models[TORCHVISION] = twin
@@ -185,9 +211,11 @@ def compare_training(
     timing: Timing,
     *,
     lr: float = 1e-4,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Iterations/s of copies of ``ours`` and ``twin`` in training mode, and the share of our
-    step spent in the per-region head.
+    step spent in the per-region head. ``channels_last`` trains our copy with NHWC weights
+    (``train.channels_last`` of ``tools/train.py``); torchvision's runs as shipped.
 
     Returns ``losses`` (first step of each from the same RNG state: same weights and the same
     sampling draws give the same total loss when the two implement the same training),
@@ -195,12 +223,22 @@ def compare_training(
     tensor of the shape it gets in the step, timed in the same interleaved rounds) with
     ``share`` = median head time / median step time and the ``input_shape``.
     """
+    source = ours
     ours, twin = copy.deepcopy(ours).train(), copy.deepcopy(twin).train()
     steps = {
         OURS: training_step(ours, images, targets, timing=timing, lr=lr),
         TORCHVISION: training_step(twin, images, targets, timing=timing, lr=lr),
     }
-    losses = _first_step_losses(steps, twin)
+    losses = _first_step_losses(steps, twin)  # the parity check: same layout, same numbers
+    losses["abs_diff"] = abs(losses[OURS] - losses[TORCHVISION])
+    if channels_last:
+        # NHWC rounds differently; a near-tie in proposal NMS or top-k can then change the
+        # sampled RoIs, so its first-step loss is reported, not required to match
+        ours = copy.deepcopy(source).train().to(memory_format=torch.channels_last)
+        steps[OURS] = training_step(ours, images, targets, timing=timing, lr=lr)
+        nhwc = _first_step_losses({OURS: steps[OURS]}, twin)[OURS]
+        losses["channels_last"] = nhwc
+        losses["channels_last_abs_diff"] = abs(nhwc - losses[TORCHVISION])
     head_x = _head_input(ours, images, targets)
     fns: dict[str, Callable[[], object]] = dict(steps)
     fns["box_head"] = _head_call(ours.roi_heads.box_head, head_x, timing)
@@ -209,7 +247,7 @@ def compare_training(
     )
     head = seconds.pop("box_head")
     return {
-        "losses": {**losses, "abs_diff": abs(losses[OURS] - losses[TORCHVISION])},
+        "losses": losses,
         "throughput": {k: Throughput(s, 1).as_dict() for k, s in seconds.items()},
         "box_head": {
             "module": type(ours.roi_heads.box_head).__name__,
@@ -225,7 +263,8 @@ def compare_training(
 class InferenceSettings:
     """Inference part: images of shorter side ``image_size`` (4:3, longer side capped at
     ``max_size``), ``batch_size`` per call; our model optimised with ``fold_bn``,
-    ``channels_last`` and ``fuse_relu`` (:func:`~detector.modeling.fuse.optimize_for_inference`);
+    ``channels_last``, ``fuse_relu`` and ``parallel_pool``
+    (:func:`~detector.modeling.fuse.optimize_for_inference`);
     ``levers`` also times the optimisations added one at a time (:data:`LEVERS`); detections
     count as identical within ``box_atol`` pixels and ``score_atol``."""
 
@@ -237,6 +276,7 @@ class InferenceSettings:
     fold_bn: bool = True
     channels_last: bool = True
     fuse_relu: bool = True
+    parallel_pool: bool = True
     levers: bool = False
     box_atol: float = 0.01
     score_atol: float = 1e-4
@@ -245,7 +285,8 @@ class InferenceSettings:
 @dataclass(frozen=True)
 class TrainingSettings:
     """Training part: a fixed batch of ``batch_size`` images (as for inference) with
-    ``boxes_per_image`` random ground-truth boxes; SGD with learning rate ``lr``."""
+    ``boxes_per_image`` random ground-truth boxes; SGD with learning rate ``lr``; our model
+    with NHWC weights when ``channels_last`` (``train.channels_last``)."""
 
     image_size: int = 800
     max_size: int = 1333
@@ -254,6 +295,7 @@ class TrainingSettings:
     warmup: int = 1
     repeats: int = 3
     lr: float = 1e-4
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -385,6 +427,7 @@ class SpeedBenchmark:
             fold_bn=s.fold_bn,
             channels_last=s.channels_last,
             fuse_relu=s.fuse_relu,
+            parallel_pool=s.parallel_pool,
             levers=s.levers,
         )
         out["image_shape"] = list(images[0].shape)
@@ -402,7 +445,9 @@ class SpeedBenchmark:
             images, num_classes=model.num_classes, boxes_per_image=s.boxes_per_image, seed=self.seed
         )
         timing = Timing(self.device, warmup=s.warmup, repeats=s.repeats, amp=self.amp)
-        out = compare_training(model, twin, images, targets, timing, lr=s.lr)
+        out = compare_training(
+            model, twin, images, targets, timing, lr=s.lr, channels_last=s.channels_last
+        )
         out["image_shape"] = list(images[0].shape)
         out["batch_size"] = s.batch_size
         return out
@@ -546,9 +591,17 @@ def _training_details(tr: Mapping[str, Any] | None) -> list[str]:
     if tr is None:
         return []
     losses, head = tr["losses"], tr["box_head"]
-    return [
+    lines = [
         f"training: first-step total loss ours {losses[OURS]:.6f}, torchvision "
         f"{losses[TORCHVISION]:.6f} (|diff| {losses['abs_diff']:.1e})",
+    ]
+    if "channels_last" in losses:
+        lines.append(
+            f"timed: ours with channels-last weights, first-step total loss "
+            f"{losses['channels_last']:.6f} (|diff| {losses['channels_last_abs_diff']:.1e})"
+        )
+    return [
+        *lines,
         f"per-region head ({head['module']}) forward+backward on {tuple(head['input_shape'])}: "
         f"{head['median_s']:.3f} s = {100 * head['share']:.1f}% of our training step",
     ]

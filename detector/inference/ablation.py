@@ -81,7 +81,10 @@ def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
             "checkpoint": row["checkpoint"],
             "test": row["test"],
             "ensemble": row.get("ensemble"),
-            "members": list(row.get("members") or []) if row.get("ensemble") else [],
+            # members given in checkpoints.*; unset ones are left out of the ensemble
+            "members": [m for m in row.get("members") or [] if cfg.checkpoints.get(m)]
+            if row.get("ensemble")
+            else [],
             "diagnostic": bool(row.get("diagnostic", False)),
         }
         reason = row_skip_reason(cfg, row)

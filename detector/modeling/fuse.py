@@ -35,7 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+
+from detector.modeling.parallel_pool import ParallelMultiScaleRoIAlign
+from detector.modeling.poolers import SingleLevelRoIPooler
 
 logger = logging.getLogger(__name__)
 
@@ -264,8 +267,28 @@ def _fuse_relu_in_place(model: nn.Module) -> int:
     return fused
 
 
+def _parallelize_poolers_in_place(model: nn.Module) -> int:
+    """RoIAlign poolers split their RoIs over torch's CPU threads (bit-identical results);
+    returns the number of poolers changed."""
+    changed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is MultiScaleRoIAlign:
+                setattr(parent, name, ParallelMultiScaleRoIAlign.from_module(child))
+                changed += 1
+            elif isinstance(child, SingleLevelRoIPooler) and child.pool_type == "align":
+                child.workers = None
+                changed += 1
+    return changed
+
+
 def optimize_for_inference(
-    model: M, *, fold_bn: bool = True, channels_last: bool = True, fuse_relu: bool = True
+    model: M,
+    *,
+    fold_bn: bool = True,
+    channels_last: bool = True,
+    fuse_relu: bool = True,
+    parallel_pool: bool = True,
 ) -> M:
     """An eval-mode copy of ``model`` tuned for inference; ``model`` itself is left untouched.
 
@@ -278,6 +301,8 @@ def optimize_for_inference(
         fuse_relu: run ReLUs and residual additions inside the convolutions on CPU
             (:class:`FusedResidualBlock`, :class:`ConvReLU`); residual blocks are fused only
             when their BatchNorms are folded.
+        parallel_pool: RoIAlign poolers split their RoIs over torch's CPU threads
+            (:mod:`detector.modeling.parallel_pool`; the same numbers, bit for bit).
 
     Returns:
         The optimised copy, in eval mode and with ``requires_grad=False`` everywhere.
@@ -290,6 +315,10 @@ def optimize_for_inference(
         )
     if fuse_relu:
         logger.info("fused %d ReLUs into convolutions", _fuse_relu_in_place(fast))
+    if parallel_pool:
+        logger.info(
+            "%d RoIAlign poolers run on all CPU threads", _parallelize_poolers_in_place(fast)
+        )
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     return fast

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import roi_align, roi_pool
+from torchvision.ops import roi_pool
+
+from detector.modeling.parallel_pool import parallel_roi_align
 
 POOL_TYPES = ("align", "pool")
 
@@ -26,6 +28,7 @@ class SingleLevelRoIPooler(nn.Module):
         pool_type: str = "align",
         sampling_ratio: int = 0,
         aligned: bool = True,
+        workers: int | None = 1,
     ) -> None:
         super().__init__()
         if pool_type not in POOL_TYPES:
@@ -36,6 +39,7 @@ class SingleLevelRoIPooler(nn.Module):
         self.pool_type = pool_type
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
+        self.workers = workers  # RoIAlign threads (None: torch's count); same result for any
 
     def forward(
         self,
@@ -47,11 +51,12 @@ class SingleLevelRoIPooler(nn.Module):
         boxes = [b.to(x.dtype) for b in boxes]
         if self.pool_type == "pool":
             return roi_pool(x, boxes, self.output_size, self.spatial_scale)
-        return roi_align(
+        return parallel_roi_align(
             x,
             boxes,
             self.output_size,
             spatial_scale=self.spatial_scale,
             sampling_ratio=self.sampling_ratio,
             aligned=self.aligned,
+            workers=self.workers,
         )
