@@ -195,3 +195,27 @@ def test_optimised_model_returns_the_same_detections(
             report = compare_detections(got, expected)
             assert report["num_detections"] > 20, "parity on empty outputs would prove nothing"
             assert detections_match(report, box_atol=BOX_ATOL, score_atol=SCORE_ATOL), report
+
+
+def test_eval_optimize_model_wraps_an_optimised_copy() -> None:
+    from detector.inference.box_refinement import BoxRefinement
+    from detector.inference.build import build_test_model
+    from tests.helpers import compose_config
+
+    torch.manual_seed(0)
+    model = build_model_from_config("faster_rcnn_r18_c4", num_classes=5, overrides=SMALL_C4)
+    randomize_weights(model, seed=0)
+    images = benchmark_images(
+        batch_size=1, image_size=128, max_size=256, device=torch.device("cpu"), seed=0
+    )
+    calibrate_classifier(model, images)
+    model.eval()
+    plain_cfg = compose_config("eval", ["test=box_refinement"])
+    fast_cfg = compose_config("eval", ["test=box_refinement", "eval.optimize_model=true"])
+    plain, fast = build_test_model(plain_cfg, model), build_test_model(fast_cfg, model)
+    assert isinstance(fast, BoxRefinement) and fast.model is not model
+    assert count_batchnorm(fast.model) == 0 and count_batchnorm(model) == 20
+    with torch.inference_mode():
+        report = compare_detections(fast(images), plain(images))
+    assert report["num_detections"] > 10
+    assert detections_match(report, box_atol=BOX_ATOL, score_atol=SCORE_ATOL), report

@@ -167,6 +167,29 @@ def test_multiscale_paper_two_scales_is_maxout_of_roi_align(images, plain):
     torch.testing.assert_close(pred[0], exp_pred[0], atol=1e-3, rtol=1e-4)
 
 
+def test_multiscale_paper_can_pool_the_context_box_at_the_test_scale(images, context):
+    model = context
+    boxes = [T([[10.0, 12.0, 50.0, 60.0], [60.0, 30.0, 70.0, 44.0]])]
+    with torch.no_grad():
+        single = MultiScaleMaxout(model=model, scales=[96], context_scale="test")(images)
+        _assert_same_detections(single, model(images))  # one level = the test scale
+        wrapper = MultiScaleMaxout(model=model, scales=[96, 192], context_scale="test")
+        feats = wrapper.features(wrapper.preprocess(images))
+        probs, _ = wrapper.predict(feats, boxes, [(96, 128)])
+        # by hand: the RoIs by scale pair + maxout, the whole image [0, 0, 128, 96] at 96 px
+        head = model.roi_heads
+        rois = wrapper.pool(feats, boxes)
+        whole = head.box_roi_pool(feats.base, [T([[0.0, 0.0, 128.0, 96.0]])], [(96, 128)])
+        region = head.features_from_pooled_rois(torch.cat([rois, whole]), boxes)
+        exp_probs, _ = head.decode(*head.box_predictor(region), boxes)
+        pyramid = MultiScaleMaxout(model=model, scales=[96, 192])
+        other, _ = pyramid.predict(feats, boxes, [(96, 128)])
+    torch.testing.assert_close(probs[0], exp_probs[0], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(probs[0], other[0])  # the 192 px level changes the context
+    with pytest.raises(ValueError, match="unknown context_scale"):
+        MultiScaleMaxout(model=model, context_scale="smallest")
+
+
 # ----------------------------------------------------------------- multi-scale + flip
 def test_multiscale_flip_identity_view_is_the_detector(images, plain):
     model = plain

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from detector.inference.ensemble import load_member
+from detector.modeling.fuse import optimize_for_inference
 
 logger = logging.getLogger(__name__)
 FUSE_MODES = ("proposals", "detections")
@@ -53,9 +54,14 @@ def ensemble_members(cfg: DictConfig, model: nn.Module) -> list[nn.Module]:
 
 
 def build_test_model(cfg: DictConfig, model: nn.Module) -> nn.Module:
-    """``model`` itself, or the test-time tricks of ``cfg.test`` / ``cfg.ensemble`` around it."""
+    """``model`` itself, or the test-time tricks of ``cfg.test`` / ``cfg.ensemble`` around it;
+    with ``eval.optimize_model`` each member is first replaced by its
+    :func:`~detector.modeling.fuse.optimize_for_inference` copy."""
     test_cfg = cfg.get("test") or {}
     members = [model, *ensemble_members(cfg, model)]
+    if (cfg.get("eval") or {}).get("optimize_model", False):
+        # an eval-mode copy per member; the trained model itself is left as it is
+        members = [optimize_for_inference(m) for m in members]
     staged = [_wrap(test_cfg.get("per_model"), m) for m in members]
     if len(staged) == 1:
         return _wrap(test_cfg.get("wrapper"), staged[0])

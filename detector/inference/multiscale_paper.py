@@ -10,8 +10,11 @@ run on top of it. The pyramid is made by resizing the image the wrapper is given
 test-scale image), not the original file.
 
 A head that pools more than the RoIs (global context adds the whole-image box) says so with
-``rois_to_pool(boxes, image_sizes)`` and ``features_from_pooled_rois(pooled, boxes)``; those
-extra boxes go through the same scale choice and maxout as any RoI.
+``rois_to_pool(boxes, image_sizes)`` and ``features_from_pooled_rois(pooled, boxes)``. With
+``context_scale="pyramid"`` (default) those extra boxes go through the same scale choice and
+maxout as any RoI; with ``"test"`` they are pooled once, on the test-scale features, as in
+training (the SPP-net rule sends a whole-image box to the small end of the pyramid, a view a
+single-scale model never saw; docs/ablation_synthetic.md).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class PyramidFeatures:
     level_sizes: list[list[tuple[int, int]]]
 
 
+CONTEXT_SCALES = ("pyramid", "test")
+
+
 class MultiScaleMaxout(nn.Module):
     """Staged detector: RPN at the test scale, per-RoI maxout over two pyramid scales.
 
@@ -61,6 +67,9 @@ class MultiScaleMaxout(nn.Module):
         scales: pyramid shorter sides in pixels, strictly increasing (paper: 200..1000).
         max_size: cap on the longer side of a pyramid level (``None``: no cap).
         target_size: SPP-net's target RoI side (224: "closest to 224 x 224 pixels").
+        context_scale: where a head's extra boxes (global context's whole image) are pooled:
+            ``"pyramid"`` (scale choice + maxout, like every RoI) or ``"test"`` (the test-scale
+            features only).
     """
 
     def __init__(
@@ -70,8 +79,14 @@ class MultiScaleMaxout(nn.Module):
         scales: Sequence[int] = (200, 400, 600, 800, 1000),
         max_size: int | None = None,
         target_size: float = 224.0,
+        context_scale: str = "pyramid",
     ) -> None:
         super().__init__()
+        if context_scale not in CONTEXT_SCALES:
+            raise ValueError(
+                f"unknown context_scale {context_scale!r}; allowed: {', '.join(CONTEXT_SCALES)}"
+            )
+        self.context_scale = context_scale
         scales = [int(s) for s in scales]
         if not scales or any(b <= a for a, b in zip(scales, scales[1:])) or min(scales) <= 0:
             raise ValueError(f"scales must be positive and strictly increasing, got {scales}")
@@ -123,7 +138,10 @@ class MultiScaleMaxout(nn.Module):
         head = self.model.roi_heads
         to_pool = getattr(head, "rois_to_pool", None)
         pool_boxes = to_pool(boxes, image_sizes) if to_pool is not None else list(boxes)
-        pooled = self.pool(features, pool_boxes)
+        if to_pool is not None and self.context_scale == "test":
+            pooled = self.pool_extra_at_test_scale(features, list(boxes), pool_boxes)
+        else:
+            pooled = self.pool(features, pool_boxes)
         from_pooled = getattr(head, "features_from_pooled_rois", None)
         if from_pooled is not None:
             region = from_pooled(pooled, boxes)
@@ -168,3 +186,21 @@ class MultiScaleMaxout(nn.Module):
             return self.model.roi_heads.box_roi_pool(features.levels[s], per_image, sizes)
 
         return maxout_pool(self.scale_pairs(features, boxes), pool_at_scale)
+
+    def pool_extra_at_test_scale(
+        self, features: PyramidFeatures, boxes: list[Tensor], pool_boxes: list[Tensor]
+    ) -> Tensor:
+        """Pooled maps in ``pool_boxes`` order: each image's RoIs (scale pairs + maxout), then
+        the boxes the head appended to them (pooled on the test-scale features)."""
+        for b, p in zip(boxes, pool_boxes):
+            if len(p) < len(b) or not torch.equal(p[: len(b)], b.to(p.dtype)):
+                raise ValueError("rois_to_pool must return each image's RoIs first")
+        extra = [p[len(b) :] for b, p in zip(boxes, pool_boxes)]
+        rois = self.pool(features, boxes)
+        head_pool = self.model.roi_heads.box_roi_pool
+        more = head_pool(features.base, extra, features.base_sizes)
+        pieces, r, e = [], 0, 0
+        for b, x in zip(boxes, extra):
+            pieces += [rois[r : r + len(b)], more[e : e + len(x)]]
+            r, e = r + len(b), e + len(x)
+        return torch.cat(pieces)
