@@ -50,32 +50,13 @@ OURS, TORCHVISION = "ours", "torchvision"
 
 
 # --------------------------------------------------------------------------- comparisons
+_ALL_OFF = dict.fromkeys(("fold_bn", "channels_last", "fuse_relu", "parallel_pool"), False)
 #: extra inference contenders (``levers=true``): the optimisations added one at a time
 LEVERS: dict[str, dict[str, bool]] = {
-    "ours, unoptimised": {
-        "fold_bn": False,
-        "channels_last": False,
-        "fuse_relu": False,
-        "parallel_pool": False,
-    },
-    "ours, + BN folded": {
-        "fold_bn": True,
-        "channels_last": False,
-        "fuse_relu": False,
-        "parallel_pool": False,
-    },
-    "ours, + channels-last": {
-        "fold_bn": True,
-        "channels_last": True,
-        "fuse_relu": False,
-        "parallel_pool": False,
-    },
-    "ours, + ReLU fused": {
-        "fold_bn": True,
-        "channels_last": True,
-        "fuse_relu": True,
-        "parallel_pool": False,
-    },
+    "ours, unoptimised": _ALL_OFF,
+    "ours, + BN folded": {**_ALL_OFF, "fold_bn": True},
+    "ours, + channels-last": {**_ALL_OFF, "fold_bn": True, "channels_last": True},
+    "ours, + ReLU fused": {**_ALL_OFF, "fold_bn": True, "channels_last": True, "fuse_relu": True},
 }
 
 

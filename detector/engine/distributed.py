@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from detector.data.loader import build_test_loader
-from detector.engine.inference import run_inference
-from detector.evaluation.dataset_eval import DetectionEvaluator, format_metrics, write_metrics
+from detector.engine.inference import run_inference, score_detections
+from detector.evaluation.dataset_eval import DetectionEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -211,13 +211,7 @@ def _score_gathered(
         ),
         key=lambda row: row[0],
     )
-    evaluator.process([r[1] for r in rows], [r[2] for r in rows])
-    metrics = evaluator.evaluate()
-    metrics["seconds_per_image"] = sum(g[3] for g in gathered) / len(gathered)
-    metrics["num_images"] = len(rows)
-    print(format_metrics(metrics), flush=True)
-    if output_dir is not None:
-        out = Path(output_dir)
-        evaluator.save_results(out, voc_imageset=str(getattr(dataset, "split", None) or "test"))
-        logger.info("wrote %s", write_metrics(out / "metrics.json", metrics))
-    return metrics
+    seconds = sum(g[3] for g in gathered) / len(gathered)
+    return score_detections(
+        evaluator, [r[1] for r in rows], [r[2] for r in rows], seconds, dataset, output_dir
+    )

@@ -103,9 +103,22 @@ def evaluate_detector(
     if hasattr(model, "eval"):
         model.eval()
     image_ids, outputs, sec = run_inference(model, loader, device=device, total=len(dataset))
-    evaluator.process(image_ids, outputs)
+    return score_detections(evaluator, image_ids, outputs, sec, dataset, output_dir)
+
+
+def score_detections(
+    evaluator: DetectionEvaluator,
+    image_ids: Sequence[int],
+    outputs: Sequence[Mapping[str, Tensor]],
+    seconds_per_image: float,
+    dataset: Any,
+    output_dir: str | Path | None,
+) -> dict[str, Any]:
+    """Score the detections of every image, print the tables and, when ``output_dir`` is
+    given, write ``metrics.json`` and the results files (VOC image set: ``dataset.split``)."""
+    evaluator.process(list(image_ids), list(outputs))
     metrics = evaluator.evaluate()
-    metrics["seconds_per_image"] = sec
+    metrics["seconds_per_image"] = seconds_per_image
     metrics["num_images"] = len(image_ids)
     print(format_metrics(metrics), flush=True)
     if output_dir is not None:

@@ -38,9 +38,16 @@ def row_skip_reason(cfg: DictConfig, row: Mapping[str, Any]) -> str | None:
     return None
 
 
+def ensemble_members(cfg: DictConfig, row: Mapping[str, Any]) -> list[str]:
+    """Names of the row's further ensemble members that are set (unset ones are left out)."""
+    if not row.get("ensemble"):
+        return []
+    return [m for m in row.get("members") or [] if cfg.checkpoints.get(m)]
+
+
 def ensemble_paths(cfg: DictConfig, row: Mapping[str, Any]) -> list[str]:
-    """The row's further ensemble members that are set (unset ones are left out)."""
-    return [str(cfg.checkpoints[m]) for m in row.get("members") or [] if cfg.checkpoints.get(m)]
+    """Checkpoint paths of :func:`ensemble_members`."""
+    return [str(cfg.checkpoints[m]) for m in ensemble_members(cfg, row)]
 
 
 def row_config(
@@ -81,10 +88,7 @@ def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
             "checkpoint": row["checkpoint"],
             "test": row["test"],
             "ensemble": row.get("ensemble"),
-            # members given in checkpoints.*; unset ones are left out of the ensemble
-            "members": [m for m in row.get("members") or [] if cfg.checkpoints.get(m)]
-            if row.get("ensemble")
-            else [],
+            "members": ensemble_members(cfg, row),
             "diagnostic": bool(row.get("diagnostic", False)),
         }
         reason = row_skip_reason(cfg, row)
