@@ -64,10 +64,60 @@ def test_voc_ap_perfect_and_empty_curves() -> None:
     assert voc_ap(np.zeros(0), np.zeros(0), use_07_metric=False) == 0.0
 
 
-def test_voc_ap_11_point_thresholds_are_exact_tenths() -> None:
-    # recall exactly 0.3 reaches t = 0.3 (np.arange(0, 1.1, 0.1) has 0.30000000000000004)
-    assert voc_ap(np.array([3 / 10]), np.array([1.0]), use_07_metric=True) == pytest.approx(4 / 11)
-    assert voc_ap(np.array([7 / 10]), np.array([1.0]), use_07_metric=True) == pytest.approx(8 / 11)
+def _reference_voc07_ap(rec: np.ndarray, prec: np.ndarray) -> float:
+    """py-faster-rcnn ``voc_eval.voc_ap(rec, prec, use_07_metric=True)``, written out again
+    (also detectron2's ``pascal_voc_evaluation.voc_ap`` and MMDetection's ``average_precision``
+    with ``mode='11points'``)."""
+    ap = 0.0
+    for t in np.arange(0.0, 1.1, 0.1):
+        p = 0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
+        ap = ap + p / 11.0
+    return ap
+
+
+def test_voc_ap_11_point_thresholds_match_py_faster_rcnn() -> None:
+    # np.arange(0, 1.1, 0.1) holds 0.30000000000000004, 0.6000000000000001, 0.7000000000000001:
+    # a recall of exactly 3/10 or 7/10 does not reach those thresholds
+    assert voc_ap(np.array([3 / 10]), np.array([1.0]), use_07_metric=True) == pytest.approx(3 / 11)
+    assert voc_ap(np.array([6 / 10]), np.array([1.0]), use_07_metric=True) == pytest.approx(6 / 11)
+    assert voc_ap(np.array([7 / 10]), np.array([1.0]), use_07_metric=True) == pytest.approx(7 / 11)
+    assert voc_ap(np.array([4 / 10]), np.array([1.0]), use_07_metric=True) == pytest.approx(5 / 11)
+
+
+def test_voc07_ap_with_ten_positives_matches_the_reference_formula() -> None:
+    """A fixture with 10 positives whose recall stops exactly at 0.3 and at 0.6.
+
+    One box per image; ranked detections TP TP TP FP FP TP TP TP FP FP: recall .1 .2 .3 .3 .3
+    .4 .5 .6 .6 .6, precision 1 1 1 3/4 3/5 4/6 5/7 6/8 6/9 6/10. With the reference
+    thresholds t = 0, .1, .2 -> 1; t = .30000000000000004, .4, .5 -> max(4/6, 5/7, 6/8) = 3/4;
+    t = .6000000000000001 ... 1 -> 0: AP = (3 + 3 * 3/4) / 11. (Exact tenths would give
+    (4 + 3 * 3/4) / 11 + 3/4 / 11 = 7/11.)
+    """
+    gt = {f"im{i}": _gt([[1, 1, 10, 10]]) for i in range(10)}
+    hit = [1, 1, 10, 10]
+    miss = [50, 50, 60, 60]
+    pattern = [True, True, True, False, False, True, True, True, False, False]
+    rows, next_image = [], 0
+    for rank, is_tp in enumerate(pattern):
+        rows.append((f"im{next_image}", 1.0 - rank / 20, hit if is_tp else miss))
+        next_image += is_tp
+    result = evaluate_voc_class(_dets(rows), gt, use_07_metric=True)
+    assert result.num_positives == 10
+    np.testing.assert_allclose(result.recall, [0.1, 0.2, 0.3, 0.3, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6])
+    assert result.ap == pytest.approx((3 + 3 * 0.75) / 11)
+    assert result.ap == pytest.approx(_reference_voc07_ap(result.recall, result.precision))
+
+
+@pytest.mark.parametrize("num_positives", [10, 20, 30])
+def test_voc07_ap_equals_the_reference_on_random_curves(num_positives: int) -> None:
+    rng = np.random.default_rng(num_positives)
+    for _ in range(50):
+        num_hits = int(rng.integers(1, num_positives + 1))
+        flags = rng.permutation(np.r_[np.ones(num_hits), np.zeros(int(rng.integers(0, 20)))])
+        tp, fp = np.cumsum(flags), np.cumsum(1.0 - flags)
+        recall, precision = tp / num_positives, tp / (tp + fp)
+        expected = _reference_voc07_ap(recall, precision)
+        assert voc_ap(recall, precision, use_07_metric=True) == pytest.approx(expected, abs=1e-12)
 
 
 def test_voc_ap_rejects_mismatched_shapes() -> None:

@@ -68,9 +68,13 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) ->
     Args:
         recall: (N,) cumulative recall at each ranked detection (non-decreasing).
         precision: (N,) cumulative precision at each ranked detection.
-        use_07_metric: VOC2007 11-point AP (mean over t in {0, 0.1, ..., 1} of the
-            best precision at recall >= t, 0 if none); otherwise the VOC2010+ all-point
-            AP (area under the monotone precision envelope).
+        use_07_metric: VOC2007 11-point AP (mean over the 11 thresholds ``t`` of
+            ``np.arange(0.0, 1.1, 0.1)`` of the best precision at recall ``>= t``, 0 if none);
+            otherwise the VOC2010+ all-point AP (area under the monotone precision envelope).
+
+    The 11 thresholds are those of py-faster-rcnn's ``voc_eval.py`` (also used by detectron2
+    and MMDetection): ``np.arange`` gives ``0.30000000000000004``, ``0.6000000000000001`` and
+    ``0.7000000000000001``, so a recall of exactly 0.3, 0.6 or 0.7 does not reach them.
     """
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)
@@ -80,8 +84,7 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, *, use_07_metric: bool) ->
             f"{precision.shape}"
         )
     if use_07_metric:
-        # t = k / 10 exactly (np.arange(0, 1.1, 0.1) would give 0.30000000000000004)
-        thresholds = np.arange(11) / 10.0
+        thresholds = np.arange(0.0, 1.1, 0.1)
         best = [precision[recall >= t].max(initial=0.0) for t in thresholds]
         return float(np.mean(best))
     mrec = np.concatenate([[0.0], recall, [1.0]])
