@@ -3,7 +3,7 @@
 Every dataset follows the contract documented in :mod:`detector.data.base`.
 """
 
-from detector.data.base import DatasetError, DetectionDataset, ImageRecord
+from detector.data.base import DatasetError, DetectionDataset, ImageRecord, require_boxes
 from detector.data.coco import CocoDetection
 from detector.data.concat import ConcatDetection
 from detector.data.loader import build_test_loader, build_train_loader, collate
@@ -30,4 +30,5 @@ __all__ = [
     "build_transforms",
     "collate",
     "ensure_synthetic_dataset",
+    "require_boxes",
 ]

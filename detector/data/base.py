@@ -16,7 +16,9 @@ Besides indexing, every dataset exposes ``class_names`` (label ``i + 1`` is
 ``class_names[i]``), ``label_to_cat_id`` (label -> category id used in ``coco_gt``),
 ``image_sizes()`` / ``aspect_ratios()`` read from the annotations (no image decoding, used for
 aspect-ratio grouping) and ``coco_gt()``, the ground truth in COCO json format in the original
-image coordinates, for the evaluator.
+image coordinates, for the evaluator. Datasets that parse class names (VOC, COCO) also keep
+``seen_class_counts`` (annotated name -> number of objects, whether in ``class_names`` or not),
+which :func:`require_boxes` lists when a training split keeps no box.
 
 Subclasses parse their annotation format into :class:`ImageRecord` objects and implement
 :meth:`DetectionDataset.coco_gt`; loading, transforming and target assembly live here.
@@ -36,6 +38,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+
+from detector.data.class_names import class_name_hints, mismatch_details
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +107,65 @@ def make_record(
 class DatasetError(ValueError):
     """A data problem (bad file, bad annotation) raised instead of skipped in strict mode, or
     a dataset left without any usable image. The message names the file and the reason."""
+
+
+def seen_class_counts(dataset: Any) -> dict[str, int] | None:
+    """Annotated class name -> number of objects of ``dataset`` (its ``seen_class_counts``,
+    summed over the parts of a concatenation); ``None`` when the dataset does not record them."""
+    parts = getattr(dataset, "datasets", None)
+    if parts is None:
+        counts = getattr(dataset, "seen_class_counts", None)
+        return None if counts is None else dict(counts)
+    total: Counter[str] = Counter()
+    for part in parts:
+        counts = seen_class_counts(part)
+        if counts is None:
+            return None
+        total.update(counts)
+    return dict(total)
+
+
+def require_boxes(dataset: Any, description: str) -> int:
+    """Check that ``dataset`` (a training split) keeps at least one box; returns the box count.
+
+    Also logs one warning naming the classes without any kept box, when some are.
+
+    Args:
+        dataset: a dataset of this module's contract (``records``, ``class_names``; the
+            annotated names come from ``seen_class_counts`` when it records them).
+        description: how the message names the split, e.g. ``"dataset.train"``.
+
+    Raises:
+        DatasetError: no box is kept; the message lists the class names the annotations use,
+            with counts, a "did you mean" hint for names that differ only in case or spelling,
+            and the dataset's load report (the reasons boxes were dropped).
+    """
+    records = dataset.records
+    class_names = list(dataset.class_names)
+    per_label = Counter(int(label) for r in records for label in r.gt_labels.tolist())
+    seen = seen_class_counts(dataset)
+    num_boxes = sum(per_label.values())
+    if num_boxes == 0:
+        message = f"{description}: no box left to train on (class_names {class_names})"
+        if seen is not None:
+            message += f"; {mismatch_details(class_names, seen)}"
+        report = getattr(dataset, "load_report", "")
+        if report:
+            message += f"; load report: {report}"
+        raise DatasetError(message)
+    missing = [name for label, name in enumerate(class_names, 1) if not per_label[label]]
+    if missing:
+        hints = class_name_hints(missing, seen) if seen is not None else {}
+        hint = "".join(f"; did you mean {hints[n]!r} for {n!r}?" for n in missing if n in hints)
+        logger.warning(
+            "%s: %d of %d classes have no training box: %s%s",
+            description,
+            len(missing),
+            len(class_names),
+            missing,
+            hint,
+        )
+    return num_boxes
 
 
 class ImageProblem(Exception):

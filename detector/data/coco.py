@@ -39,6 +39,7 @@ from detector.data.base import (
     check_image,
     make_record,
 )
+from detector.data.class_names import class_name_hints, mismatch_details
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class CocoDetection(DetectionDataset):
         self.ann_file = Path(ann_file)
         data = _load_json(self.ann_file)
         categories = _select_categories(data["categories"], class_names, self.ann_file)
+        self.seen_class_counts: dict[str, int] = _annotated_class_counts(data)
+        _require_a_known_class(self.ann_file, categories, self.seen_class_counts)
         label_to_cat_id = {i + 1: int(c["id"]) for i, c in enumerate(categories)}
         cat_id_to_label = {c: lbl for lbl, c in label_to_cat_id.items()}
 
@@ -226,12 +229,38 @@ def _select_categories(
     by_name = {str(c["name"]): c for c in by_id}
     unknown = [n for n in class_names if n not in by_name]
     if unknown:
+        hints = class_name_hints(unknown, dict.fromkeys(by_name, 1))
+        hint = ", ".join(f"{found!r} for {name!r}" for name, found in hints.items())
         raise ValueError(
             f"{ann_file}: class_names {unknown} not among its categories {list(by_name)}"
+            + (f"; did you mean {hint}?" if hint else "")
         )
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class_names has duplicates: {list(class_names)}")
     return [by_name[n] for n in class_names]
+
+
+def _annotated_class_counts(data: dict[str, Any]) -> dict[str, int]:
+    """Category name -> number of annotations of the file (any image, crowd included)."""
+    names = {c.get("id"): str(c.get("name")) for c in data["categories"] if isinstance(c, dict)}
+    counts: Counter[str] = Counter()
+    for ann in data["annotations"]:
+        cat_id = ann.get("category_id") if isinstance(ann, dict) else None
+        if isinstance(cat_id, int) and cat_id in names:
+            counts[names[cat_id]] += 1
+    return dict(counts)
+
+
+def _require_a_known_class(
+    ann_file: Path, categories: list[dict[str, Any]], seen: dict[str, int]
+) -> None:
+    """Raise when the file has annotations but none of the selected categories."""
+    selected = [str(c["name"]) for c in categories]
+    if seen and not any(name in seen for name in selected):
+        raise DatasetError(
+            f"CocoDetection({ann_file.name}): none of the {sum(seen.values())} annotations is of "
+            f"a category in class_names {selected}; {mismatch_details(selected, seen)}"
+        )
 
 
 def _group_annotations(

@@ -10,7 +10,11 @@ Labels are ``class_names.index(name) + 1``; category ids in ``coco_gt()`` equal 
 (``1..K``) and image ids are the 1-based position of the image in the split file. Difficult
 objects are excluded from the training targets unless ``keep_difficult``; ``coco_gt()``
 always contains them with ``"iscrowd": 1`` so that COCO evaluation ignores them.
-Objects whose name is not in ``class_names`` are skipped and counted (one warning per name).
+Objects whose name is not in ``class_names`` are skipped and counted (one warning per name);
+``seen_class_counts`` keeps every annotated name with its number of objects, and a split whose
+objects all have names outside ``class_names`` raises
+:class:`~detector.data.base.DatasetError` listing them, with a hint for names that differ only
+in case or spelling (:mod:`detector.data.class_names`).
 
 Dirty data: a box with a missing, non-numeric or NaN coordinate is skipped ("malformed
 bndbox"), one with ``xmax <= xmin`` or ``ymax <= ymin`` ("zero-area"), one entirely outside
@@ -27,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import xml.etree.ElementTree as ET
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +47,7 @@ from detector.data.base import (
     check_image,
     make_record,
 )
+from detector.data.class_names import mismatch_details
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +102,8 @@ class VOCDetection(DetectionDataset):
     Raises:
         FileNotFoundError: missing split file or XML (named in the message).
         ValueError: empty or duplicate ``class_names``.
-        DatasetError: no usable image left, or any skip when ``strict``.
+        DatasetError: no usable image left, objects annotated but none of a class in
+            ``class_names``, or any skip when ``strict``.
     """
 
     def __init__(
@@ -139,6 +146,8 @@ class VOCDetection(DetectionDataset):
             )
             self._objects.append(objects)
 
+        self.seen_class_counts: dict[str, int] = dict(parser.seen)
+        _require_a_known_class(skips.name, names, self.seen_class_counts)
         super().__init__(
             records=records,
             class_names=names,
@@ -189,6 +198,16 @@ def read_split(root: Path, split: str) -> list[str]:
     return names
 
 
+def _require_a_known_class(name: str, class_names: list[str], seen: dict[str, int]) -> None:
+    """Raise when objects are annotated but none is of a class in ``class_names`` (e.g.
+    ``['Raccoon']`` for XML that says ``raccoon``): no box could be trained on or evaluated."""
+    if seen and not any(n in seen for n in class_names):
+        raise DatasetError(
+            f"{name}: none of the {sum(seen.values())} annotated objects is of a class in "
+            f"class_names {class_names}; {mismatch_details(class_names, seen)}"
+        )
+
+
 def _check_class_names(class_names: Sequence[str]) -> list[str]:
     if isinstance(class_names, str) or not class_names:
         raise ValueError(f"class_names must be a non-empty list of names, got {class_names!r}")
@@ -204,6 +223,7 @@ class _VOCParser:
     def __init__(self, *, class_names: list[str], skips: SkipCounter) -> None:
         self.label_of = {n: i + 1 for i, n in enumerate(class_names)}
         self.skips = skips
+        self.seen: Counter[str] = Counter()  # every <object>'s name, in class_names or not
         self._warned_names: set[str] = set()
 
     def parse(self, root: Path, name: str) -> tuple[Path, int, int, bool, list[VOCObject]] | None:
@@ -217,6 +237,7 @@ class _VOCParser:
         except ET.ParseError as err:
             self.skips.skip_image("malformed XML", file=xml_file, detail=str(err))
             return None
+        self.seen.update((node.findtext("name") or "").strip() for node in tree.iter("object"))
         path = _image_path(root, name, tree)
         height, width = _xml_size(tree)
         try:
