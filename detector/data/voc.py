@@ -1,5 +1,8 @@
 """Pascal VOC-format detection dataset (``Annotations/``, ``ImageSets/Main/``, ``JPEGImages/``).
 
+Export layouts are read too: ``Annotations/`` + ``JPEGImages/`` without split files, and a flat
+folder of images and XML files; folder names are arguments (:mod:`detector.data.voc_layout`).
+
 Coordinates: VOC XML boxes are 1-based *inclusive* pixel indices (a box covering the first 10
 pixel columns is ``xmin=1, xmax=10``). They become 0-based continuous xyxy as
 ``(xmin - 1, ymin - 1, xmax, ymax)`` (that box: ``x1 = 0, x2 = 10``), then are clipped to the
@@ -48,6 +51,9 @@ from detector.data.base import (
     make_record,
 )
 from detector.data.class_names import mismatch_details
+from detector.data.voc_layout import IMAGE_SUFFIXES, VOCLayout, read_split
+
+__all__ = ["VOC_CLASSES", "VOCDetection", "VOCObject", "read_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +94,30 @@ class VOCObject:
 
 
 class VOCDetection(DetectionDataset):
-    """One split of a VOC-layout dataset.
+    """One split of a VOC-style dataset: the devkit layout, ``Annotations/`` + ``JPEGImages/``
+    without split files, or a flat folder of images and XML files (:mod:`~detector.data.voc_layout`).
 
     Args:
-        root: folder with ``Annotations/``, ``ImageSets/Main/<split>.txt``, ``JPEGImages/``.
-        split: split file name without ``.txt`` (e.g. ``"trainval"``).
+        root: dataset folder, e.g. with ``Annotations/``, ``ImageSets/Main/<split>.txt``,
+            ``JPEGImages/``.
+        split: split file name without ``.txt`` (e.g. ``"trainval"``); without split files
+            ``train``/``trainval``, ``val``/``test`` or ``all``
+            (:func:`~detector.data.voc_layout.fraction_split`).
         class_names: the ``K`` class names, in label order (e.g. :data:`VOC_CLASSES`).
         transforms: see :data:`detector.data.base.DetectionTransform`; ``None``: tensor only.
         keep_difficult: also train on difficult objects.
         strict: raise :class:`~detector.data.base.DatasetError` on the first bad image or box
             instead of skipping it (module doc).
+        annotations_dir, images_dir, imagesets_dir: folders under ``root``
+            (:class:`~detector.data.voc_layout.VOCLayout`; ``imagesets_dir=None`` ignores
+            split files).
+        val_fraction, split_seed: without split files, the seeded fraction of the XML files
+            held out as ``val``/``test``.
 
     Raises:
-        FileNotFoundError: missing split file or XML (named in the message).
-        ValueError: empty or duplicate ``class_names``.
+        FileNotFoundError: missing split file (while others exist) or XML (named in the
+            message).
+        ValueError: empty or duplicate ``class_names``, a split name that needs a split file.
         DatasetError: no usable image left, objects annotated but none of a class in
             ``class_names``, or any skip when ``strict``.
     """
@@ -115,18 +131,32 @@ class VOCDetection(DetectionDataset):
         transforms: DetectionTransform | None = None,
         keep_difficult: bool = False,
         strict: bool = False,
+        annotations_dir: str = "Annotations",
+        images_dir: str = "JPEGImages",
+        imagesets_dir: str | None = "ImageSets/Main",
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
     ) -> None:
         self.root = Path(root)
         self.split = split
         self.keep_difficult = keep_difficult
+        self.layout = VOCLayout(
+            root=self.root,
+            annotations_dir=annotations_dir,
+            images_dir=images_dir,
+            imagesets_dir=imagesets_dir,
+        )
         names = _check_class_names(class_names)
         skips = SkipCounter(name=f"VOCDetection({self.root.name}/{split})", strict=strict)
         parser = _VOCParser(class_names=names, skips=skips)
+        image_names = self.layout.split_names(
+            split, val_fraction=val_fraction, split_seed=split_seed
+        )
 
         records: list[ImageRecord] = []
         self._objects: list[list[VOCObject]] = []
-        for image_id, name in enumerate(read_split(self.root, split), start=1):
-            parsed = parser.parse(self.root, name)
+        for image_id, name in enumerate(image_names, start=1):
+            parsed = parser.parse(self.layout, name)
             if parsed is None:
                 continue
             path, height, width, apply_exif, objects = parsed
@@ -184,20 +214,6 @@ class VOCDetection(DetectionDataset):
         }
 
 
-def read_split(root: Path, split: str) -> list[str]:
-    """Image names listed in ``root/ImageSets/Main/<split>.txt`` (first token of each line)."""
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not split_file.is_file():
-        available = sorted(p.stem for p in split_file.parent.glob("*.txt"))
-        raise FileNotFoundError(f"VOC split file not found: {split_file} (available: {available})")
-    names = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-    if not names:
-        raise DatasetError(f"{split_file}: lists no images")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{split_file}: lists some images more than once")
-    return names
-
-
 def _require_a_known_class(name: str, class_names: list[str], seen: dict[str, int]) -> None:
     """Raise when objects are annotated but none is of a class in ``class_names`` (e.g.
     ``['Raccoon']`` for XML that says ``raccoon``): no box could be trained on or evaluated."""
@@ -226,10 +242,12 @@ class _VOCParser:
         self.seen: Counter[str] = Counter()  # every <object>'s name, in class_names or not
         self._warned_names: set[str] = set()
 
-    def parse(self, root: Path, name: str) -> tuple[Path, int, int, bool, list[VOCObject]] | None:
+    def parse(
+        self, layout: VOCLayout, name: str
+    ) -> tuple[Path, int, int, bool, list[VOCObject]] | None:
         """``(image path, height, width, apply_exif, objects)`` of image ``name``, or ``None``
         when the image is skipped (malformed XML, missing or unusable image file)."""
-        xml_file = root / "Annotations" / f"{name}.xml"
+        xml_file = layout.xml_file(name)
         if not xml_file.is_file():
             raise FileNotFoundError(f"VOC annotation not found: {xml_file}")
         try:
@@ -238,12 +256,22 @@ class _VOCParser:
             self.skips.skip_image("malformed XML", file=xml_file, detail=str(err))
             return None
         self.seen.update((node.findtext("name") or "").strip() for node in tree.iter("object"))
-        path = _image_path(root, name, tree)
-        height, width = _xml_size(tree)
+        filename = (tree.findtext("filename") or "").strip()
+        path = layout.find_image(name, filename)
+        num_boxes = len(tree.findall("object"))
+        if path is None:
+            detail = (
+                f"no {name}.jpg, <filename> {filename!r} or "
+                f"{name}.<{'|'.join(s[1:] for s in IMAGE_SUFFIXES)}> in "
+                f"{layout.root / layout.images_dir} or next to the XML"
+            )
+            self.skips.skip_image(
+                "image file not found", file=xml_file, detail=detail, num_boxes=num_boxes
+            )
+            return None
         try:
-            height, width, apply_exif = check_image(path, height, width, self.skips)
+            height, width, apply_exif = check_image(path, *_xml_size(tree), self.skips)
         except ImageProblem as problem:
-            num_boxes = len(tree.findall("object"))
             self.skips.skip_image(
                 problem.reason, file=path, detail=problem.detail, num_boxes=num_boxes
             )
@@ -305,18 +333,6 @@ def _bndbox(node: ET.Element) -> tuple[float, float, float, float] | None:
 
 
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
-
-
-def _image_path(root: Path, name: str, tree: ET.Element) -> Path:
-    """``JPEGImages/<name>.jpg``, else ``JPEGImages/<filename>`` when that file exists (the
-    ``.jpg`` path when neither does: :func:`check_image` reports it missing)."""
-    path = root / "JPEGImages" / f"{name}.jpg"
-    if path.is_file():
-        return path
-    filename = (tree.findtext("filename") or "").strip()
-    if filename and (root / "JPEGImages" / filename).is_file():
-        return root / "JPEGImages" / filename
-    return path
 
 
 def _xml_size(tree: ET.Element) -> tuple[int, int]:

@@ -91,3 +91,28 @@ def write_voc_image(
 def write_split(root: Path, names: list[str], split: str = "train") -> None:
     (root / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(names) + "\n")
+
+
+def write_voc_pair(
+    xml_dir: Path,
+    image_dir: Path,
+    name: str,
+    objects: list[str],
+    *,
+    image_file: str | None = None,
+    filename: str | None = None,
+    size: tuple[int, int] = (30, 20),
+) -> None:
+    """``xml_dir/<name>.xml`` and its image ``image_dir/<image_file>`` (default
+    ``<name>.jpg``; PNG bytes: lossless) of ``size=(width, height)``; the XML's ``<filename>``
+    is ``filename`` (default: ``image_file``), any folder layout (flat: both the same)."""
+    image_file = image_file or f"{name}.jpg"
+    xml_dir.mkdir(parents=True, exist_ok=True)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    solid(*size).save(image_dir / image_file, format="PNG")
+    size_xml = f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
+    xml = (
+        f"<annotation><filename>{filename if filename is not None else image_file}</filename>"
+        f"{size_xml}{''.join(objects)}</annotation>"
+    )
+    (xml_dir / f"{name}.xml").write_text(xml)
