@@ -65,5 +65,16 @@ def test_benchmark_config_instantiates_the_task() -> None:
     task = instantiate(cfg.tasks.coco_eval, _convert_="all")
     assert isinstance(task, CocoEvalBenchmark) and task.name == "coco_eval"
     assert task.data_args["num_images"] == 7 and task.repeats == 3
+    assert task.yardstick == {"repeats": 10, "warmup": 2}  # the shared yardstick settings
     with pytest.raises(ValueError, match="baseline"):
         CocoEvalBenchmark(engines=["faster_coco_eval"], baseline="pycocotools")
+
+
+def test_benchmark_gives_times_in_yardsticks_when_asked(tmp_path: Path) -> None:
+    task = CocoEvalBenchmark(**TINY, seed=0, repeats=1, yardstick={"repeats": 1, "warmup": 0})
+    result = task.run()
+    yardstick_s = result["yardstick"]["median_s"]
+    assert yardstick_s > 0 and "yardstick (one resnet18 training step" in result["table"]
+    for engine, median in result["median_seconds"].items():
+        row = next(line for line in result["table"].splitlines() if f"| {engine} " in line)
+        assert row.split("|")[3].strip() == f"{median / yardstick_s:.1f}"

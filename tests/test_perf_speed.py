@@ -14,11 +14,18 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from detector.benchmarks.data_speed import time_data_loading
 from detector.benchmarks.runner import run_benchmarks
-from detector.benchmarks.speed import LEVERS, OURS, TORCHVISION, format_result, paired_ratio
+from detector.benchmarks.speed import (
+    LEVERS,
+    OURS,
+    TORCHVISION,
+    format_result,
+    model_label,
+    paired_ratio,
+)
 from detector.benchmarks.timing import Throughput, time_interleaved
 from detector.benchmarks.twin import (
     benchmark_images,
@@ -27,6 +34,7 @@ from detector.benchmarks.twin import (
     compare_detections,
     detections_match,
     randomize_weights,
+    torchvision_pooler,
     torchvision_twin,
 )
 from detector.data.synthetic import SyntheticShapesDetection
@@ -42,6 +50,16 @@ FEW_REGIONS = {
 }
 SMALL_C4 = {**FEW_REGIONS, "model.pooler_resolution": 7}
 SMALL_FPN = {**FEW_REGIONS, "model.depth": 18}
+#: torchvision's MultiScaleRoIAlign computes RoIAlign with aligned=False
+UNALIGNED = {"model.net.roi_heads.box_roi_pool.aligned": False}
+#: tiny yardstick and convolution peak for the tiny benchmark runs
+TINY_CONTEXT = [
+    "yardstick.repeats=1",
+    "yardstick.warmup=0",
+    "tasks.speed.conv_peak.shapes=[[1,16,8]]",
+    "tasks.speed.conv_peak.warmup=0",
+    "tasks.speed.conv_peak.repeats=1",
+]
 
 
 def test_time_interleaved_rotates_the_order_and_counts_calls() -> None:
@@ -96,16 +114,27 @@ def test_compare_detections_flags_differences() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "overrides"),
-    [("faster_rcnn_r18_c4", SMALL_C4), ("faster_rcnn_r50_fpn", SMALL_FPN)],
+    ("name", "overrides", "twin_pooler"),
+    [
+        ("faster_rcnn_r18_c4", SMALL_C4, "SingleLevelRoIPooler"),  # aligned: a copy of ours
+        ("faster_rcnn_r18_c4", {**SMALL_C4, **UNALIGNED}, "MultiScaleRoIAlign"),
+        ("faster_rcnn_r18_c4_quick", UNALIGNED, "MultiScaleRoIAlign"),  # the default job's
+        ("faster_rcnn_r50_fpn", SMALL_FPN, "MultiScaleRoIAlign"),
+    ],
 )
-def test_torchvision_twin_gives_the_same_detections_and_losses(name: str, overrides: dict) -> None:
+def test_torchvision_twin_gives_the_same_detections_and_losses(
+    name: str, overrides: dict, twin_pooler: str
+) -> None:
     torch.manual_seed(0)
     ours = build_model_from_config(name, num_classes=5, overrides=overrides)
     randomize_weights(ours, seed=0)
     images = benchmark_images(batch_size=2, image_size=96, max_size=128, device=CPU, seed=0)
     calibrate_classifier(ours, images)
     twin = torchvision_twin(ours, min_size=96, max_size=128)
+    assert type(twin.roi_heads.box_roi_pool).__name__ == twin_pooler
+    if "c4" in name:  # the same trunk and res5 head, as modules of torchvision's FasterRCNN
+        assert twin.backbone.out_channels == ours.backbone.out_channels
+        assert type(twin.roi_heads.box_head) is type(ours.roi_heads.box_head)
     with torch.no_grad():
         report = compare_detections(ours.eval()(images), twin.eval()(images))
     assert report["num_detections"] > 20
@@ -121,6 +150,30 @@ def test_torchvision_twin_gives_the_same_detections_and_losses(name: str, overri
     names |= {"loss_cls": "loss_classifier", "loss_box": "loss_box_reg"}
     for ours_name, tv_name in names.items():
         torch.testing.assert_close(ours_losses[ours_name], tv_losses[tv_name], rtol=0, atol=1e-6)
+
+
+def test_torchvision_pooler_only_replaces_what_it_computes_exactly() -> None:
+    ours = build_model_from_config("faster_rcnn_r18_c4", num_classes=2, overrides=UNALIGNED)
+    pooler = torchvision_pooler(ours.roi_heads.box_roi_pool)
+    assert isinstance(pooler, MultiScaleRoIAlign)
+    assert pooler.featmap_names == ["res4"] and pooler.output_size == (14, 14)
+    assert pooler.sampling_ratio == 0
+    features = {"res4": torch.randn(2, 8, 12, 16)}
+    boxes = [torch.tensor([[3.0, 5.0, 90.0, 60.0]]), torch.tensor([[0.0, 0.0, 255.0, 191.0]])]
+    sizes = [(192, 256), (180, 250)]
+    expected = ours.roi_heads.box_roi_pool(features, boxes, sizes)
+    assert torch.equal(pooler(features, boxes, sizes), expected)
+    for overrides in ({}, {"model.pool_type": "pool"}):  # aligned RoIAlign, RoIPool: a copy
+        other = build_model_from_config("faster_rcnn_r18_c4", num_classes=2, overrides=overrides)
+        assert not isinstance(torchvision_pooler(other.roi_heads.box_roi_pool), MultiScaleRoIAlign)
+
+
+def test_model_label_names_depth_and_layout() -> None:
+    names = {"faster_rcnn_r18_c4": "R18-C4", "faster_rcnn_r50_c4": "R50-C4"}
+    for config, label in names.items():
+        assert model_label(build_model_from_config(config, num_classes=2)) == label
+    fpn = build_model_from_config("faster_rcnn_r50_fpn", num_classes=2, overrides=SMALL_FPN)
+    assert model_label(fpn) == "R18-FPN"
 
 
 def test_twin_of_a_trainable_bn_fpn_model_is_refused() -> None:
@@ -189,6 +242,7 @@ def test_speed_benchmark_tiny_run_returns_every_part(tmp_path: Path) -> None:
             "tasks.coco_eval.num_images=4",
             "tasks.coco_eval.dets_per_image=3",
             "tasks.coco_eval.repeats=1",
+            *TINY_CONTEXT,
         ],
     )
     task = instantiate(cfg.tasks.speed, _convert_="all")
@@ -203,10 +257,20 @@ def test_speed_benchmark_tiny_run_returns_every_part(tmp_path: Path) -> None:
     assert training["box_head"]["module"] == "TwoMLPHead" and training["box_head"]["share"] > 0
     assert result["data_loading"]["short_side_range"] == [64, 64]
     assert result["coco_eval"]["speedup_vs_baseline"]["pycocotools"] == 1.0
-    pairs = [r["what"].split(" ")[0] for r in result["ratios"]]
-    assert pairs == ["inference", "training", "data-loading", "COCO"]
+    pairs = [" ".join(r["what"].split(" ")[:2]) for r in result["ratios"]]
+    assert pairs == [
+        "R18-FPN inference",
+        "R18-FPN training",
+        "data-loading images/s",
+        "COCO evaluations/s,",
+    ]
+    yardstick_s = result["yardstick"]["median_s"]
     for row in result["ratios"]:
         assert row["ratio_of_medians"] == pytest.approx(row["ours"] / row["reference"])
+        assert row["ours_yardsticks"] == pytest.approx(1 / row["ours"] / yardstick_s)
+        assert row["reference_yardsticks"] == pytest.approx(1 / row["reference"] / yardstick_s)
+    _check_share_of_peak(result)
+    assert "yardstick" not in result["coco_eval"]  # measured once, by the speed task
     inference_row = result["ratios"][0]
     seconds = inference["throughput"]
     assert inference_row["ratio"] == paired_ratio(
@@ -215,3 +279,76 @@ def test_speed_benchmark_tiny_run_returns_every_part(tmp_path: Path) -> None:
     assert "identical" in result["table"] and ">= 1.3x" in result["table"]
     saved = json.loads((tmp_path / "speed.json").read_text())
     assert saved["settings"]["inference"]["image_size"] == 64
+
+
+def _check_share_of_peak(result: dict) -> None:
+    """Every timed model path has a row per contender whose arithmetic holds."""
+    peak = result["conv_peak"]["peak_gflops_per_s"]
+    rows = result["share_of_peak"]
+    assert [(r["path"].split(",")[0], r["contender"]) for r in rows] == [
+        (f"{result['settings']['label']} {part}", who)
+        for part in ("inference", "training")
+        for who in (OURS, TORCHVISION)
+    ]
+    for row in rows:
+        part = result[row["path"].split(",")[0].split(" ")[1]]
+        assert row["gflops"] == part["flops"] / 1e9 > 0
+        assert row["median_s"] == part["throughput"][row["contender"]]["median_s"]
+        assert row["gflops_per_s"] == pytest.approx(row["gflops"] / row["median_s"])
+        assert row["share_of_peak"] == pytest.approx(row["gflops_per_s"] / peak)
+        assert row["yardsticks"] == pytest.approx(row["median_s"] / result["yardstick"]["median_s"])
+    # a training step (forward + backward) costs more than inference on one image
+    assert result["training"]["flops"] > result["inference"]["flops"]
+    table = result["table"]
+    assert "yardstick (one resnet18 training step" in table and "% of conv peak" in table
+    assert "convolution peak:" in table
+
+
+def test_c4_quick_preset_tiny_run_compares_with_the_c4_twin(tmp_path: Path) -> None:
+    """The default job's model (preset c4_quick) against its torchvision twin, at 96 px."""
+    cfg = compose_config(
+        "benchmark",
+        [
+            "preset=c4_quick",
+            "image_size=96",
+            "max_size=128",
+            "tasks.speed.inference.warmup=0",
+            "tasks.speed.inference.repeats=1",
+            "tasks.speed.inference.levers=false",
+            "tasks.speed.training.warmup=0",
+            "tasks.speed.training.repeats=1",
+            "tasks.speed.training.batch_size=2",
+            "tasks.speed.data_loading=null",
+            *TINY_CONTEXT,
+        ],
+    )
+    assert cfg.tasks.speed.coco_eval is None and cfg.model.num_classes == 4
+    task = instantiate(cfg.tasks.speed, _convert_="all")
+    result = run_benchmarks({"speed": task}, ["speed"], output_dir=tmp_path)["tasks"]["speed"]
+    assert result["settings"]["label"] == "R18-C4"
+    inference = result["inference"]
+    assert inference["identical"] and inference["twin_pooler"] == "MultiScaleRoIAlign"
+    assert inference["detections"]["num_detections"] > 0
+    training = result["training"]
+    assert training["losses"]["abs_diff"] < 1e-5
+    assert training["box_head"]["module"] == "Res5BoxHead"
+    rows = result["ratios"]
+    assert [r["target"] for r in rows] == [None, None]  # the issue sets no C4 targets
+    _check_share_of_peak(result)
+
+
+@pytest.mark.parametrize(
+    ("preset", "model", "image_size", "train_batch"),
+    [("c4_600", "faster_rcnn_r50_c4", 600, 1), ("c4_quick", "faster_rcnn_r18_c4_quick", 192, 4)],
+)
+def test_presets_select_the_c4_model_and_size(
+    preset: str, model: str, image_size: int, train_batch: int
+) -> None:
+    cfg = compose_config("benchmark", [f"preset={preset}"])
+    own = compose_config("train", [f"model={model}"]).model
+    assert cfg.model.depth == own.depth and cfg.model.pooler_resolution == own.pooler_resolution
+    assert cfg.model.roi_batch_size_per_image == own.roi_batch_size_per_image
+    assert cfg.model.rpn_post_nms_top_n == own.rpn_post_nms_top_n
+    assert cfg.image_size == image_size and cfg.tasks.speed.inference.image_size == image_size
+    assert cfg.tasks.speed.training.batch_size == train_batch
+    assert cfg.model.net.roi_heads.box_roi_pool.aligned is False  # the twin's MultiScaleRoIAlign

@@ -5,7 +5,9 @@ boxes each, 100 detections per image, 80 categories with COCO-like non-contiguou
 generated deterministically from a seed, then each engine's full pipeline (ground-truth index,
 ``loadRes``, ``evaluate``, ``accumulate``, ``summarize``; :func:`run_engine`) is timed
 ``repeats`` times on fresh copies of the inputs. The table shows the median seconds and the
-speed-up against the baseline engine, and checks that the engines' 12 statistics agree.
+speed-up against the baseline engine, and checks that the engines' 12 statistics agree. With a
+``yardstick`` it first measures :mod:`detector.benchmarks.yardstick` and gives the times in its
+units too.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import copy
 import gc
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from detector.benchmarks.yardstick import in_yardsticks, yardstick_line, yardstick_report
 from detector.evaluation.coco_engines import ENGINES, check_engine, run_engine
 from detector.evaluation.coco_eval import STAT_NAMES
 from detector.evaluation.tables import format_table
@@ -126,6 +129,8 @@ class CocoEvalBenchmark:
         repeats: timed runs per engine; the median is reported.
         engines: engines to time (default both).
         baseline: engine the speed-ups are relative to.
+        yardstick: ``repeats`` and ``warmup`` of the yardstick measured first; ``None`` skips it
+            (the speed task, which measures its own).
     """
 
     name = "coco_eval"
@@ -141,6 +146,7 @@ class CocoEvalBenchmark:
         repeats: int = 3,
         engines: Sequence[str] = ENGINES,
         baseline: str = "pycocotools",
+        yardstick: Mapping[str, int] | None = None,
     ) -> None:
         for engine in [*engines, baseline]:
             check_engine(engine)
@@ -158,9 +164,11 @@ class CocoEvalBenchmark:
         self.repeats = repeats
         self.engines = list(engines)
         self.baseline = baseline
+        self.yardstick = dict(yardstick) if yardstick is not None else None
 
     def run(self) -> dict[str, Any]:
         """Generate the data, time every engine, return the results (with a ``"table"``)."""
+        yardstick = yardstick_report(**self.yardstick) if self.yardstick is not None else None
         gt, results = synthetic_coco_eval_data(**self.data_args)
         seconds: dict[str, list[float]] = {e: [] for e in self.engines}
         stats: dict[str, np.ndarray] = {}
@@ -182,6 +190,8 @@ class CocoEvalBenchmark:
             "stats": {e: dict(zip(STAT_NAMES, map(float, s))) for e, s in stats.items()},
             "stats_max_abs_diff": diff,
         }
+        if yardstick is not None:
+            result["yardstick"] = yardstick
         result["table"] = format_result(result)
         return result
 
@@ -189,10 +199,14 @@ class CocoEvalBenchmark:
 def format_result(result: dict[str, Any]) -> str:
     """The readable table of :meth:`CocoEvalBenchmark.run`'s result."""
     baseline = result["settings"]["baseline"]
+    yardstick_s = result["yardstick"]["median_s"] if "yardstick" in result else None
     rows = [
         [
             engine,
             f"{result['median_seconds'][engine]:.2f}",
+            f"{in_yardsticks(result['median_seconds'][engine], yardstick_s):.1f}"
+            if yardstick_s
+            else "",
             ", ".join(f"{s:.2f}" for s in runs),
             f"{result['speedup_vs_baseline'][engine]:.2f}x",
         ]
@@ -204,7 +218,11 @@ def format_result(result: dict[str, Any]) -> str:
         f"ground-truth boxes, {result['num_detections']} detections "
         f"(median of {settings['repeats']} runs)"
     )
-    table = format_table(["engine", "median s", "runs s", f"speed-up vs {baseline}"], rows)
+    table = format_table(
+        ["engine", "median s", "yardsticks", "runs s", f"speed-up vs {baseline}"], rows
+    )
+    if yardstick_s:
+        header = f"{yardstick_line(result['yardstick'])}\n{header}"
     agree = (
         f"max |difference| of the 12 statistics between engines: {result['stats_max_abs_diff']:.1e}"
     )

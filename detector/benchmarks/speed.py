@@ -11,7 +11,11 @@ current device, interleaving the contenders so that load from other processes hi
 - data-loading images/s of our training pipeline (:mod:`detector.benchmarks.data_speed`);
 - COCO evaluation time of both engines (:class:`~detector.benchmarks.coco_eval.CocoEvalBenchmark`);
 
-and reports medians and the ratio of each pair. The torchvision twin and the checks live in
+and reports medians and the ratio of each pair. To make the times readable on other machines it
+first measures the yardstick (:mod:`detector.benchmarks.yardstick`) and the convolution peak
+(:mod:`detector.benchmarks.flops`): every time is also given in yardstick units, and every
+timed model path (inference, training) its achieved GFLOP/s and share of that peak, from FLOPs
+counted once per path on our model. The torchvision twin and the checks live in
 :mod:`detector.benchmarks.twin`, the timing helpers in :mod:`detector.benchmarks.timing`.
 """
 
@@ -27,8 +31,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
 from detector.benchmarks.data_speed import time_data_loading
+from detector.benchmarks.flops import achieved, count_flops, measure_conv_peak, peak_line
 from detector.benchmarks.timing import Throughput, Timing, autocast, num_threads, time_interleaved
 from detector.benchmarks.twin import (
     Targets,
@@ -40,6 +46,7 @@ from detector.benchmarks.twin import (
     randomize_weights,
     torchvision_twin,
 )
+from detector.benchmarks.yardstick import in_yardsticks, yardstick_line, yardstick_report
 from detector.evaluation.tables import format_table
 from detector.modeling.fuse import optimize_for_inference
 from detector.modeling.meta_arch import FasterRCNN
@@ -239,6 +246,41 @@ def compare_training(
     }
 
 
+def inference_flops(model: FasterRCNN, images: list[Tensor]) -> int:
+    """FLOPs of one inference call of (a copy of) our plain model on ``images``.
+
+    The optimised model does the same convolutions and products (BN folded into them, ReLU
+    fused), but through oneDNN ops the counter does not see; the twin does the same arithmetic
+    (same detections).
+    """
+    plain = copy.deepcopy(model).eval()
+    with torch.inference_mode():
+        return count_flops(lambda: plain(images))
+
+
+def training_flops(model: FasterRCNN, images: list[Tensor], targets: Targets) -> int:
+    """FLOPs of the forward and backward of one training step of (a copy of) our model."""
+    copied = copy.deepcopy(model).train()
+
+    def step() -> None:
+        sum(copied(images, targets).values()).backward()
+
+    with torch.random.fork_rng(devices=[]):
+        return count_flops(step)
+
+
+_RESNET_DEPTHS = {(2, False): 18, (6, False): 34, (6, True): 50, (23, True): 101, (36, True): 152}
+
+
+def model_label(model: FasterRCNN) -> str:
+    """``R50-FPN``, ``R18-C4``, ...: the trunk's depth (from res4's blocks) and the layout."""
+    fpn = isinstance(model.backbone, BackboneWithFPN)
+    trunk = model.backbone.body if fpn else model.backbone
+    key = (len(trunk.layer3), hasattr(trunk.layer1[0], "conv3"))
+    depth = _RESNET_DEPTHS.get(key, "?")
+    return f"R{depth}-{'FPN' if fpn else 'C4'}"
+
+
 # --------------------------------------------------------------------------- the task
 @dataclass(frozen=True)
 class InferenceSettings:
@@ -292,6 +334,10 @@ class DataLoadingSettings:
     warmup_batches: int = 2
 
 
+#: the issue's targets for R50-FPN on a 2-core CPU (ours / reference, as rates)
+DEFAULT_TARGETS: dict[str, float | None] = {"inference": 1.3, "training": 1.0, "data_loading": 3.0}
+
+
 class SpeedBenchmark:
     """Our detector vs torchvision's (inference, training), data loading and COCO evaluation,
     in one run (a Hydra ``_target_`` of ``configs/benchmark.yaml``; see the module doc).
@@ -309,6 +355,13 @@ class SpeedBenchmark:
             :class:`TrainingSettings`, :class:`DataLoadingSettings`); ``None`` skips the part.
         coco_eval: a Hydra node of :class:`~detector.benchmarks.coco_eval.CocoEvalBenchmark`,
             or ``None`` to skip it.
+        yardstick: ``repeats`` and ``warmup`` of the yardstick measured first
+            (:func:`~detector.benchmarks.yardstick.yardstick_report`); ``None`` skips it.
+        conv_peak: arguments of :func:`~detector.benchmarks.flops.measure_conv_peak` (on
+            ``device``), measured after the yardstick; ``None`` skips it and the share of peak.
+        label: the model's name in the tables; ``None``: :func:`model_label` (e.g. ``R50-FPN``).
+        targets: the ratio each pair should reach (``inference``, ``training``,
+            ``data_loading``; ``None``: reported only).
     """
 
     name = "speed"
@@ -326,6 +379,10 @@ class SpeedBenchmark:
         training: Mapping[str, Any] | None = None,
         data_loading: Mapping[str, Any] | None = None,
         coco_eval: Any = None,
+        yardstick: Mapping[str, int] | None = None,
+        conv_peak: Mapping[str, Any] | None = None,
+        label: str | None = None,
+        targets: Mapping[str, float | None] | None = None,
     ) -> None:
         self.net = net
         self.weights = weights
@@ -339,6 +396,10 @@ class SpeedBenchmark:
         self.training = TrainingSettings(**training) if training is not None else None
         self.data_loading = DataLoadingSettings(**data_loading) if data_loading else None
         self.coco_eval = coco_eval
+        self.yardstick = dict(yardstick) if yardstick is not None else None
+        self.conv_peak = dict(conv_peak) if conv_peak is not None else None
+        self.label = label
+        self.targets = {**DEFAULT_TARGETS, **(targets or {})}
 
     def build_model(self, images: list[Tensor]) -> FasterRCNN:
         """Our detector with the configured or seeded random weights, on the device."""
@@ -359,6 +420,12 @@ class SpeedBenchmark:
         result: dict[str, Any] = {"name": self.name, "settings": self.settings()}
         with num_threads(self.threads):
             result["settings"]["threads"] = torch.get_num_threads()
+            if self.yardstick is not None:
+                logger.info("speed: yardstick")
+                result["yardstick"] = yardstick_report(**self.yardstick)
+            if self.conv_peak is not None:
+                logger.info("speed: convolution peak")
+                result["conv_peak"] = measure_conv_peak(device=self.device, **self.conv_peak)
             model = None
             if self.inference is not None:
                 model, result["inference"] = self._run_inference(self.inference)
@@ -366,8 +433,11 @@ class SpeedBenchmark:
                 result["training"] = self._run_training(self.training, model)
             if self.data_loading is not None:
                 result["data_loading"] = self._run_data_loading(self.data_loading)
+            parts = [result[k]["model"] for k in ("inference", "training") if k in result]
+            result["settings"]["label"] = self.label or (parts[0] if parts else None)
             if self.coco_eval is not None:
-                result["coco_eval"] = _without_table(instantiate(self.coco_eval).run())
+                coco_eval = instantiate(self.coco_eval, yardstick=None)  # ours is measured
+                result["coco_eval"] = _without_table(coco_eval.run())
         result["table"] = format_result(result)
         return result
 
@@ -376,6 +446,8 @@ class SpeedBenchmark:
         return {
             "device": str(self.device),
             "amp": self.amp,
+            "label": self.label,
+            "targets": self.targets,
             "weights": self.weights or f"random (seed {self.seed})",
             **{k: (vars(v) if v is not None else None) for k, v in parts.items()},
             "data_loading": (
@@ -412,9 +484,13 @@ class SpeedBenchmark:
             levers=s.levers,
         )
         out["image_shape"] = list(images[0].shape)
+        out["batch_size"] = s.batch_size
         out["identical"] = detections_match(
             out["detections"], box_atol=s.box_atol, score_atol=s.score_atol
         )
+        out["twin_pooler"] = type(twin.roi_heads.box_roi_pool).__name__
+        out["flops"] = inference_flops(model, images)
+        out["model"] = model_label(model)
         return model, out
 
     def _run_training(self, s: TrainingSettings, model: FasterRCNN | None) -> dict[str, Any]:
@@ -431,6 +507,8 @@ class SpeedBenchmark:
         )
         out["image_shape"] = list(images[0].shape)
         out["batch_size"] = s.batch_size
+        out["flops"] = training_flops(model, images, targets)
+        out["model"] = model_label(model)
         return out
 
     def _run_data_loading(self, s: DataLoadingSettings) -> dict[str, Any]:
@@ -462,7 +540,7 @@ def paired_ratio(ours_s: Sequence[float], reference_s: Sequence[float]) -> float
     return statistics.median(r / o for o, r in zip(ours_s, reference_s, strict=True))
 
 
-def _pair_row(what: str, part: Mapping[str, Any], target: float) -> dict[str, Any]:
+def _pair_row(what: str, part: Mapping[str, Any], target: float | None) -> dict[str, Any]:
     ours, ref = part["throughput"][OURS], part["throughput"][TORCHVISION]
     return {
         "what": what,
@@ -473,49 +551,105 @@ def _pair_row(what: str, part: Mapping[str, Any], target: float) -> dict[str, An
     }
 
 
+def _shape(part: Mapping[str, Any]) -> str:
+    return "x".join(map(str, part["image_shape"][1:]))
+
+
 def ratio_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One row per pair: ``what``, ``ours`` and ``reference`` rates (medians), ``ratio`` (ours
     vs reference, >1: ours is faster; :func:`paired_ratio` for the timed pairs, the ratio of the
-    medians otherwise), ``ratio_of_medians`` and ``target`` (the issue's, or ``None``)."""
+    medians otherwise), ``ratio_of_medians``, ``target`` (``settings.targets``, or ``None``) and,
+    when the result has a yardstick, ``ours_yardsticks`` / ``reference_yardsticks``: seconds per
+    item (image, iteration, evaluation) in yardstick units."""
+    targets = {**DEFAULT_TARGETS, **result["settings"].get("targets", {})}
+    label = result["settings"].get("label") or "ours"
     rows = []
     if "inference" in result:
-        shape = "x".join(map(str, result["inference"]["image_shape"][1:]))
-        what = f"inference images/s ({shape}), ours vs torchvision"
-        rows.append(_pair_row(what, result["inference"], 1.3))
+        what = f"{label} inference images/s ({_shape(result['inference'])}), ours vs torchvision"
+        rows.append(_pair_row(what, result["inference"], targets["inference"]))
     if "training" in result:
-        batch = result["training"]["batch_size"]
-        what = f"training iterations/s (batch {batch}), ours vs torchvision"
-        rows.append(_pair_row(what, result["training"], 1.0))
+        tr = result["training"]
+        what = (
+            f"{label} training iterations/s (batch {tr['batch_size']}, {_shape(tr)}), "
+            "ours vs torchvision"
+        )
+        rows.append(_pair_row(what, tr, targets["training"]))
     if "data_loading" in result and "training" in result:
-        train_images = result["training"]["throughput"][OURS]["per_s"] * batch
+        train_images = result["training"]["throughput"][OURS]["per_s"] * tr["batch_size"]
         what = "data-loading images/s vs our training images/s"
         data = result["data_loading"]["median_images_per_s"]
-        rows.append({"what": what, "ours": data, "reference": train_images, "target": 3.0})
+        rows.append(
+            {
+                "what": what,
+                "ours": data,
+                "reference": train_images,
+                "target": targets["data_loading"],
+            }
+        )
     if "coco_eval" in result:
         med = result["coco_eval"]["median_seconds"]
         if {"faster_coco_eval", "pycocotools"} <= set(med):
             what = "COCO evaluations/s, faster_coco_eval vs pycocotools"
             ours, ref = 1 / med["faster_coco_eval"], 1 / med["pycocotools"]
             rows.append({"what": what, "ours": ours, "reference": ref, "target": None})
+    yardstick_s = result.get("yardstick", {}).get("median_s")
     for row in rows:
         row["ratio_of_medians"] = row["ours"] / row["reference"]
         row.setdefault("ratio", row["ratio_of_medians"])
+        if yardstick_s:
+            row["ours_yardsticks"] = in_yardsticks(1 / row["ours"], yardstick_s)
+            row["reference_yardsticks"] = in_yardsticks(1 / row["reference"], yardstick_s)
     return rows
 
 
+def peak_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per timed model path and contender: ``path``, ``contender``, ``gflops`` per call,
+    ``median_s``, ``yardsticks`` (``None`` without a yardstick), ``gflops_per_s`` and
+    ``share_of_peak`` (a fraction; ``None`` without a measured peak)."""
+    peak = result.get("conv_peak", {}).get("peak_gflops_per_s")
+    yardstick_s = result.get("yardstick", {}).get("median_s")
+    label = result["settings"].get("label") or "ours"
+    rows = []
+    for part in ("inference", "training"):
+        if part not in result or "flops" not in result[part]:
+            continue
+        p = result[part]
+        path = f"{label} {part}, batch {p['batch_size']} of {_shape(p)}"
+        for contender in (OURS, TORCHVISION):
+            median_s = p["throughput"][contender]["median_s"]
+            rows.append(
+                {
+                    "path": path,
+                    "contender": contender,
+                    "median_s": median_s,
+                    "yardsticks": in_yardsticks(median_s, yardstick_s) if yardstick_s else None,
+                    **achieved(p["flops"], median_s, peak),
+                }
+            )
+    return rows
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
 def format_result(result: dict[str, Any]) -> str:
-    """The readable summary of :meth:`SpeedBenchmark.run`'s result: the ratio table, then the
-    checks and details of each part."""
+    """The readable summary of :meth:`SpeedBenchmark.run`'s result: the yardstick and the
+    convolution peak, the ratio table, the share-of-peak table, then the checks and details of
+    each part."""
     rows = ratio_rows(result)
     result["ratios"] = rows
+    result["share_of_peak"] = peak_rows(result)
     table = format_table(
-        ["pair", "ours", "reference", "ratio", "target"],
+        ["pair", "ours", "reference", "ratio", "ours ys", "reference ys", "target"],
         [
             [
                 r["what"],
                 f"{r['ours']:.3g}",
                 f"{r['reference']:.3g}",
                 f"{r['ratio']:.2f}x",
+                _opt(r.get("ours_yardsticks"), ".3g"),
+                _opt(r.get("reference_yardsticks"), ".3g"),
                 "" if r["target"] is None else f">= {r['target']:.1f}x",
             ]
             for r in rows
@@ -526,10 +660,22 @@ def format_result(result: dict[str, Any]) -> str:
         f"device {s['device']}, {s['threads']} CPU threads, amp {s['amp']}, "
         f"weights {s['weights']}; rates are medians of interleaved repeats, ratios of timed "
         "pairs are medians of per-round ratios",
-        table,
     ]
-    lines += _inference_details(result.get("inference"))
-    lines += _training_details(result.get("training"))
+    if "yardstick" in result:
+        lines.append(yardstick_line(result["yardstick"]))
+    if "conv_peak" in result:
+        lines.append(peak_line(result["conv_peak"]))
+    lines.append(table)
+    if "yardstick" in result:
+        lines.append(
+            "ys: seconds per image / iteration / evaluation (1 / rate) in yardsticks; data "
+            "loading: per image of the loader vs of training"
+        )
+    if result["share_of_peak"]:
+        lines.append(_format_peak_table(result["share_of_peak"]))
+    yardstick_s = result.get("yardstick", {}).get("median_s")
+    lines += _inference_details(result.get("inference"), yardstick_s)
+    lines += _training_details(result.get("training"), yardstick_s)
     if "data_loading" in result:
         d = result["data_loading"]
         (h, w), (lo, hi) = d["mean_image_size"], d["short_side_range"]
@@ -542,13 +688,35 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _inference_details(inf: Mapping[str, Any] | None) -> list[str]:
+def _format_peak_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    body = [
+        [
+            r["path"],
+            r["contender"],
+            f"{r['gflops']:.1f}",
+            f"{r['median_s']:.3f}",
+            _opt(r["yardsticks"], ".3g"),
+            f"{r['gflops_per_s']:.1f}",
+            "" if r["share_of_peak"] is None else f"{100 * r['share_of_peak']:.0f}%",
+        ]
+        for r in rows
+    ]
+    headers = ["timed path (per call)", "contender", "GFLOP", "median s", "ys", "GFLOP/s"]
+    return format_table([*headers, "% of conv peak"], body)
+
+
+def _ys(seconds: float, yardstick_s: float | None) -> str:
+    return "" if not yardstick_s else f"{in_yardsticks(seconds, yardstick_s):.3g}"
+
+
+def _inference_details(inf: Mapping[str, Any] | None, yardstick_s: float | None) -> list[str]:
     if inf is None:
         return []
     d = inf["detections"]
     verdict = "identical" if inf["identical"] else "MISMATCH"
+    pooler = f" (twin pools with {inf['twin_pooler']})" if "twin_pooler" in inf else ""
     lines = [
-        f"detections (float32), optimised ours vs torchvision: {verdict}: "
+        f"detections (float32), optimised ours vs torchvision{pooler}: {verdict}: "
         f"{d['num_detections']} detections, same counts {d['same_counts']}, same labels "
         f"{d['same_labels']}, max |box diff| {d['box_diff']:.1e} px, max |score diff| "
         f"{d['score_diff']:.1e}"
@@ -559,16 +727,22 @@ def _inference_details(inf: Mapping[str, Any] | None) -> list[str]:
             [
                 name,
                 f"{v['median_s']:.3f}",
+                _ys(v["median_s"], yardstick_s),
                 f"{v['per_s']:.3g}",
                 f"{paired_ratio(v['seconds'], tp[TORCHVISION]['seconds']):.2f}x",
             ]
             for name, v in tp.items()
         ]
-        lines.append(format_table(["inference", "median s", "images/s", "vs torchvision"], rows))
+        headers = ["inference", "median s", "ys", "images/s", "vs torchvision"]
+        lines.append(format_table(headers, rows))
     return lines
 
 
-def _training_details(tr: Mapping[str, Any] | None) -> list[str]:
+def _ys_note(seconds: float, yardstick_s: float | None) -> str:
+    return f" ({_ys(seconds, yardstick_s)} ys)" if yardstick_s else ""
+
+
+def _training_details(tr: Mapping[str, Any] | None, yardstick_s: float | None) -> list[str]:
     if tr is None:
         return []
     losses, head = tr["losses"], tr["box_head"]
@@ -584,5 +758,6 @@ def _training_details(tr: Mapping[str, Any] | None) -> list[str]:
     return [
         *lines,
         f"per-region head ({head['module']}) forward+backward on {tuple(head['input_shape'])}: "
-        f"{head['median_s']:.3f} s = {100 * head['share']:.1f}% of our training step",
+        f"{head['median_s']:.3f} s{_ys_note(head['median_s'], yardstick_s)} = "
+        f"{100 * head['share']:.1f}% of our training step",
     ]

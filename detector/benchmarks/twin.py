@@ -18,9 +18,10 @@ from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
 from detector.modeling.meta_arch import FasterRCNN
+from detector.modeling.poolers import SingleLevelRoIPooler
 
 Detections = list[dict[str, Tensor]]
 Targets = list[dict[str, Tensor]]
@@ -110,14 +111,42 @@ def _torchvision_fpn_backbone(ours: BackboneWithFPN) -> BackboneWithFPN:
     )
 
 
+def torchvision_pooler(pooler: nn.Module) -> nn.Module:
+    """torchvision's ``MultiScaleRoIAlign`` on the single map our C4 ``pooler`` reads, when it
+    computes the same numbers; otherwise a copy of ``pooler``.
+
+    ``MultiScaleRoIAlign`` always calls ``roi_align(..., aligned=False)`` and infers the map's
+    scale (a power of 2) from the feature and image heights, which is 1/16 for res4 when the
+    images are at least 76 px high (size-divisibility padding adds under 32 px). So it is a
+    twin of a RoIAlign :class:`~detector.modeling.poolers.SingleLevelRoIPooler` with
+    ``aligned=False`` and stride 16 (``+model.net.roi_heads.box_roi_pool.aligned=false``, as
+    the C4 benchmark presets set).
+    Our default C4 pooler (``aligned=True``, detectron2's half-pixel correction) and RoIPool
+    have no torchvision counterpart; their twin pools with a copy of ours.
+    """
+    if (
+        isinstance(pooler, SingleLevelRoIPooler)
+        and pooler.pool_type == "align"
+        and not pooler.aligned
+        and pooler.spatial_scale == 1 / 16
+    ):
+        return MultiScaleRoIAlign(
+            [pooler.feature_name], list(pooler.output_size), pooler.sampling_ratio
+        )
+    return copy.deepcopy(pooler)
+
+
 def torchvision_twin(ours: FasterRCNN, *, min_size: int, max_size: int) -> TorchvisionFasterRCNN:
     """torchvision's ``FasterRCNN`` with the structure, settings and weights of ``ours``.
 
     FPN models: torchvision's ``resnet_fpn_backbone`` (frozen BatchNorm, as torchvision builds
     ``fasterrcnn_resnet50_fpn`` with pre-trained weights), ``MultiScaleRoIAlign`` and
     ``TwoMLPHead`` from ``FasterRCNN``'s defaults; the weights are loaded from ``ours``'s state
-    dict, which must match key for key. C4 models, which torchvision does not build: ``ours``'s
-    res4 trunk, RoI pooler and res5 head (torchvision ResNet layers) inside torchvision's
+    dict, which must match key for key. C4 models, which torchvision does not build: a copy of
+    ``ours``'s stem..res4 trunk as the backbone (``out_channels`` set) and of its res5 + GAP
+    head as ``box_head``, pooled by torchvision's ``MultiScaleRoIAlign`` on the one res4 map
+    (:func:`torchvision_pooler`: when ours is ``aligned=False`` RoIAlign, else a copy of ours),
+    and a ``FastRCNNPredictor`` holding our predictor's weights, inside torchvision's
     ``FasterRCNN`` (its transform, ``RoIHeads`` and post-processing). Both: a copy of ``ours``'s
     RPN (torchvision's ``RegionProposalNetwork``, so the same proposal settings), the RoI-head
     settings of ``ours``, and a ``GeneralizedRCNNTransform(min_size, max_size)`` with our
@@ -150,8 +179,8 @@ def torchvision_twin(ours: FasterRCNN, *, min_size: int, max_size: int) -> Torch
         bbox_reg_weights=heads.box_coder.weights,
     )
     twin.rpn = copy.deepcopy(ours.rpn)
-    if not fpn:  # torchvision's constructor only accepts MultiScaleRoIAlign poolers
-        twin.roi_heads.box_roi_pool = copy.deepcopy(heads.box_roi_pool)
+    if not fpn:  # the constructor's defaults are FPN's: set the C4 pooler and head here
+        twin.roi_heads.box_roi_pool = torchvision_pooler(heads.box_roi_pool)
         twin.roi_heads.box_head = copy.deepcopy(heads.box_head)
     twin.load_state_dict(ours.state_dict(), strict=True)
     return twin.to(ours.pixel_mean.device)
