@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detector.data.base import ImageDecodeError
 from detector.data.coco import CocoDetection
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -130,7 +131,7 @@ def test_class_names_select_and_order_categories(tiny: Path) -> None:
 def test_size_mismatch_names_the_file(tiny: Path) -> None:
     dataset = _dataset(tiny)  # the file changes after load: caught when decoded
     Image.new("RGB", (31, 20)).save(tiny / "images" / "a.png")
-    with pytest.raises(ValueError, match=r"a\.png.*31x20"):
+    with pytest.raises(ImageDecodeError, match=r"a\.png.*31x20"):  # an OSError
         dataset[0]
 
 

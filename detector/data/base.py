@@ -27,6 +27,7 @@ Subclasses parse their annotation format into :class:`ImageRecord` objects and i
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -168,6 +169,45 @@ def require_boxes(dataset: Any, description: str) -> int:
     return num_boxes
 
 
+class ImageDecodeError(OSError):
+    """An image whose pixels cannot be decoded (truncated, corrupt) or whose decoded size is
+    not the annotated one: found when the image is read, not at load. Training loaders skip
+    such images up to a bound (:mod:`detector.data.loader`); elsewhere it is an error.
+
+    ``str()`` is ``"cannot decode image <path>: <reason>"``; ``path`` and ``reason`` are kept as
+    attributes (the one-argument constructor lets the DataLoader re-raise it from a worker).
+    """
+
+    def __init__(self, message: str, *, path: str | Path = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.reason = reason or message
+
+
+#: Default bound on the undecodable images a training run skips: at most this many ...
+DEFAULT_MAX_BAD_IMAGES = 10
+#: ... and at most this fraction of the split (but always at least one), see
+#: :func:`bad_image_limit`.
+DEFAULT_MAX_BAD_FRACTION = 0.01
+
+
+def bad_image_limit(max_bad_images: int, max_bad_fraction: float, num_images: int) -> int:
+    """How many distinct undecodable images a training stream may skip before it stops:
+    ``min(max_bad_images, max(1, floor(max_bad_fraction * num_images)))``, 0 when
+    ``max_bad_images`` is 0 (then the first one is an error).
+
+    Raises:
+        ValueError: ``max_bad_images < 0`` or ``max_bad_fraction`` outside ``[0, 1]``.
+    """
+    if max_bad_images < 0:
+        raise ValueError(f"max_bad_images must be >= 0, got {max_bad_images}")
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+    if max_bad_images == 0:
+        return 0
+    return min(max_bad_images, max(1, math.floor(max_bad_fraction * num_images)))
+
+
 class ImageProblem(Exception):
     """Why an image cannot be used (raised by :func:`check_image`, caught by the datasets)."""
 
@@ -200,6 +240,8 @@ class SkipCounter:
         self.box_reasons: Counter[str] = Counter()
         self.image_reasons: Counter[str] = Counter()
         self.fixes: Counter[str] = Counter()
+        #: ``(file, reason (detail))`` of every image skipped because of a problem.
+        self.skipped_images: list[tuple[str, str]] = []
 
     def _problem(self, what: str, reason: str, file: str | Path, detail: str, warn: bool) -> None:
         extra = f" ({detail})" if detail else ""
@@ -222,6 +264,7 @@ class SkipCounter:
         """Count one image left out because of a problem, and its ``num_boxes`` annotations."""
         self._problem("image", reason, file, detail, True)
         self.image_reasons[reason] += 1
+        self.skipped_images.append((str(file), f"{reason} ({detail})" if detail else reason))
         if num_boxes:
             self.box_reasons["in a skipped image"] += num_boxes
 
@@ -304,7 +347,8 @@ def load_rgb(path: Path, *, apply_exif: bool = False) -> np.ndarray:
     orientation (:func:`check_image` decides, from the annotation's size).
 
     Raises:
-        OSError: the file is missing, truncated or not a decodable image (message names it).
+        ImageDecodeError: the file is missing, truncated or not a decodable image (an
+            ``OSError`` whose message names the file).
     """
     try:
         with Image.open(path) as img:
@@ -312,7 +356,29 @@ def load_rgb(path: Path, *, apply_exif: bool = False) -> np.ndarray:
                 img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except Exception as err:  # Pillow raises OSError, ValueError, SyntaxError, struct.error...
-        raise OSError(f"cannot decode image {path}: {type(err).__name__}: {err}") from err
+        reason = f"{type(err).__name__}: {err}"
+        raise ImageDecodeError(
+            f"cannot decode image {path}: {reason}", path=path, reason=reason
+        ) from err
+
+
+def decode_record(record: ImageRecord) -> np.ndarray:
+    """The pixels of ``record`` as ``uint8 (H, W, 3)`` RGB, checked against its annotated size.
+
+    Raises:
+        ImageDecodeError: undecodable file (:func:`load_rgb`), or decoded size differs from
+            the annotation.
+    """
+    image = load_rgb(record.path, apply_exif=record.apply_exif)
+    if image.shape[:2] != (record.height, record.width):
+        reason = (
+            f"decoded image is {image.shape[1]}x{image.shape[0]} (WxH) but the annotations say "
+            f"{record.width}x{record.height}"
+        )
+        raise ImageDecodeError(
+            f"cannot decode image {record.path}: {reason}", path=record.path, reason=reason
+        )
+    return image
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -335,6 +401,9 @@ class DetectionDataset(Dataset, ABC):
         class_names: ``K`` class names; label ``i + 1`` is ``class_names[i]``.
         label_to_cat_id: label (``1..K``) -> category id used in :meth:`coco_gt`.
         transforms: a :data:`DetectionTransform`; ``None`` converts to a tensor only.
+        max_bad_images, max_bad_fraction: how many undecodable images a *training* stream of
+            this dataset may skip (:func:`bad_image_limit`, :attr:`bad_image_limit`); indexing
+            the dataset itself always raises :class:`ImageDecodeError` for them.
     """
 
     def __init__(
@@ -344,11 +413,16 @@ class DetectionDataset(Dataset, ABC):
         class_names: Sequence[str],
         label_to_cat_id: Mapping[int, int],
         transforms: DetectionTransform | None = None,
+        max_bad_images: int = DEFAULT_MAX_BAD_IMAGES,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         if sorted(label_to_cat_id) != list(range(1, len(class_names) + 1)):
             raise ValueError(
                 f"label_to_cat_id keys must be 1..{len(class_names)}, got {sorted(label_to_cat_id)}"
             )
+        bad_image_limit(max_bad_images, max_bad_fraction, len(records))  # validates them
+        self.max_bad_images = max_bad_images
+        self.max_bad_fraction = max_bad_fraction
         self._records = list(records)
         self.class_names: list[str] = list(class_names)
         self.label_to_cat_id: dict[int, int] = dict(label_to_cat_id)
@@ -366,18 +440,18 @@ class DetectionDataset(Dataset, ABC):
     def records(self) -> list[ImageRecord]:
         return self._records
 
+    @property
+    def bad_image_limit(self) -> int:
+        """Distinct undecodable images a training stream may skip (:func:`bad_image_limit`)."""
+        return bad_image_limit(self.max_bad_images, self.max_bad_fraction, len(self))
+
     def __len__(self) -> int:
         return len(self._records)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
         record = self._records[index]
         try:
-            image = load_rgb(record.path, apply_exif=record.apply_exif)
-            if image.shape[:2] != (record.height, record.width):
-                raise ValueError(
-                    f"{record.path}: decoded image is {image.shape[1]}x{image.shape[0]} (WxH) "
-                    f"but the annotations say {record.width}x{record.height}"
-                )
+            image = decode_record(record)
             tensor, boxes, labels = self.transforms(
                 image, record.gt_boxes.copy(), record.gt_labels.copy()
             )

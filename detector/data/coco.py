@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from detector.data.base import (
+    DEFAULT_MAX_BAD_FRACTION,
+    DEFAULT_MAX_BAD_IMAGES,
     DatasetError,
     DetectionDataset,
     DetectionTransform,
@@ -60,6 +62,8 @@ class CocoDetection(DetectionDataset):
         strict: raise :class:`~detector.data.base.DatasetError` on the first bad image or
             annotation instead of skipping it (crowd boxes, ``class_names`` and ``drop_empty``
             exclusions are policy, not errors).
+        max_bad_images, max_bad_fraction: bound on the undecodable images a training stream
+            skips (:class:`~detector.data.base.DetectionDataset`).
 
     Raises:
         FileNotFoundError: missing ``ann_file`` (named in the message).
@@ -76,6 +80,8 @@ class CocoDetection(DetectionDataset):
         drop_empty: bool = False,
         class_names: Sequence[str] | None = None,
         strict: bool = False,
+        max_bad_images: int = DEFAULT_MAX_BAD_IMAGES,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.ann_file = Path(ann_file)
@@ -111,12 +117,15 @@ class CocoDetection(DetectionDataset):
             class_names=[str(c["name"]) for c in categories],
             label_to_cat_id=label_to_cat_id,
             transforms=transforms,
+            max_bad_images=max_bad_images,
+            max_bad_fraction=max_bad_fraction,
         )
         self.strict = strict
         self.load_report = skips.report(
             num_images=len(records), num_boxes=sum(len(r.gt_labels) for r in records)
         )
         self.load_fixes = skips.fixes_summary()
+        self.load_skipped_images = skips.skipped_images
 
     def coco_gt(self) -> dict[str, Any]:
         """See :meth:`DetectionDataset.coco_gt`; annotations as in the file (crowd included)."""

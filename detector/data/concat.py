@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import ConcatDataset
 
-from detector.data.base import DetectionTransform, ImageRecord
+from detector.data.base import DetectionTransform, ImageRecord, bad_image_limit
 
 
 def describe_dataset(dataset: Any) -> str:
@@ -86,6 +86,22 @@ class ConcatDetection(ConcatDataset):
     def num_classes(self) -> int:
         """``K``, the number of foreground classes."""
         return len(self.class_names)
+
+    @property
+    def max_bad_images(self) -> int:
+        """The smallest of the parts' ``max_bad_images``."""
+        return min(part.max_bad_images for part in self.datasets)
+
+    @property
+    def max_bad_fraction(self) -> float:
+        """The smallest of the parts' ``max_bad_fraction``."""
+        return min(part.max_bad_fraction for part in self.datasets)
+
+    @property
+    def bad_image_limit(self) -> int:
+        """Undecodable images a training stream may skip, from the parts' strictest settings
+        applied to the whole concatenation (:func:`~detector.data.base.bad_image_limit`)."""
+        return bad_image_limit(self.max_bad_images, self.max_bad_fraction, len(self))
 
     @property
     def records(self) -> list[ImageRecord]:

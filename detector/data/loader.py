@@ -13,6 +13,10 @@ batches whatever ``num_workers`` is and whatever else uses the global RNGs, and 
 start at any batch without loading the earlier ones (``start``), which is how training resumes
 exactly.
 
+Undecodable images: the training stream replaces a sample whose image cannot be decoded by a
+deterministic other one, and stops past the dataset's ``bad_image_limit``
+(:mod:`detector.data.bad_images`); the test loader does not (an error names the file).
+
 Distributed training: with ``num_shards = N`` the sampler builds global batches of
 ``N * batch_size`` indices and shard ``s`` yields slice ``s`` of each, so the N shards together
 see exactly the batches (and augmentations) of one unsharded stream with ``N * batch_size``.
@@ -28,6 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
+
+from detector.data.bad_images import BadImageLog, load_or_replace
+from detector.data.concat import describe_dataset
 
 Batch = tuple[list[torch.Tensor], list[dict[str, Any]]]
 
@@ -141,10 +148,17 @@ class SeededBatchSampler(Sampler[list[tuple[int, int]]]):
 
 class SeededSamples(Dataset):
     """``dataset[(index, seed)]`` reads ``dataset[index]`` with torch's, numpy's and python's
-    global RNGs seeded with ``seed``, restoring their previous states afterwards."""
+    global RNGs seeded with ``seed``, restoring their previous states afterwards.
+
+    An undecodable image is replaced by another of the same aspect-ratio group, up to the
+    dataset's ``bad_image_limit`` (0 when it has none; :func:`~detector.data.bad_images.load_or_replace`).
+    """
 
     def __init__(self, *, dataset: Dataset) -> None:
         self.dataset = dataset
+        self.bad_image_limit = int(getattr(dataset, "bad_image_limit", 0))
+        sizes = getattr(dataset, "image_sizes", None)
+        self.groups = aspect_ratio_groups(sizes()) if sizes else [0] * len(dataset)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -157,7 +171,9 @@ class SeededSamples(Dataset):
             random.seed(seed)
             np.random.seed(seed)
             try:
-                return self.dataset[index]
+                return load_or_replace(
+                    self.dataset, index, limit=self.bad_image_limit, groups=self.groups
+                )
             finally:
                 random.setstate(py_state)
                 np.random.set_state(np_state)
@@ -168,11 +184,21 @@ class InfiniteLoader:
     batch sampler over :class:`SeededSamples` (module doc).
 
     Each ``iter()`` restarts the same stream from its beginning (the sampler's ``start``).
+    ``bad_images`` (a :class:`~detector.data.bad_images.BadImageLog`) takes the marks of
+    replaced undecodable images off every batch and keeps the distinct files (``.bad``).
     """
 
     def __init__(self, *, data_loader: DataLoader, seed: int) -> None:
         self.data_loader = data_loader
         self.seed = seed
+        dataset = self.dataset
+        self.bad_images = BadImageLog(
+            name=describe_dataset(dataset),
+            limit=int(getattr(dataset, "bad_image_limit", 0)),
+            max_bad_images=int(getattr(dataset, "max_bad_images", 0)),
+            max_bad_fraction=float(getattr(dataset, "max_bad_fraction", 0.0)),
+            num_images=len(dataset),  # type: ignore[arg-type]
+        )
 
     @property
     def dataset(self) -> Dataset:
@@ -186,7 +212,9 @@ class InfiniteLoader:
     def __iter__(self) -> Iterator[Batch]:
         # a fresh generator per iter(): the workers' base seeds repeat with every pass
         self.data_loader.generator = torch.Generator().manual_seed(self.seed)
-        yield from self.data_loader
+        for images, targets in self.data_loader:
+            self.bad_images.take_marks(targets)
+            yield images, targets
 
 
 def seed_worker(worker_id: int) -> None:

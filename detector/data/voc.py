@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from detector.data.base import (
+    DEFAULT_MAX_BAD_FRACTION,
+    DEFAULT_MAX_BAD_IMAGES,
     DatasetError,
     DetectionDataset,
     DetectionTransform,
@@ -113,6 +115,8 @@ class VOCDetection(DetectionDataset):
             split files).
         val_fraction, split_seed: without split files, the seeded fraction of the XML files
             held out as ``val``/``test``.
+        max_bad_images, max_bad_fraction: bound on the undecodable images a training stream
+            skips (:class:`~detector.data.base.DetectionDataset`).
 
     Raises:
         FileNotFoundError: missing split file (while others exist) or XML (named in the
@@ -136,6 +140,8 @@ class VOCDetection(DetectionDataset):
         imagesets_dir: str | None = "ImageSets/Main",
         val_fraction: float = 0.2,
         split_seed: int = 0,
+        max_bad_images: int = DEFAULT_MAX_BAD_IMAGES,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         self.root = Path(root)
         self.split = split
@@ -183,12 +189,15 @@ class VOCDetection(DetectionDataset):
             class_names=names,
             label_to_cat_id={i + 1: i + 1 for i in range(len(names))},
             transforms=transforms,
+            max_bad_images=max_bad_images,
+            max_bad_fraction=max_bad_fraction,
         )
         self.strict = strict
         self.load_report = skips.report(
             num_images=len(records), num_boxes=sum(len(r.gt_labels) for r in records)
         )
         self.load_fixes = skips.fixes_summary()
+        self.load_skipped_images = skips.skipped_images
 
     def coco_gt(self) -> dict[str, Any]:
         """See :meth:`DetectionDataset.coco_gt`; difficult objects have ``iscrowd = 1``."""

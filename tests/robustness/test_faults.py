@@ -43,6 +43,7 @@ def test_worker_error_mid_epoch_names_the_file(dataset: CocoDetection) -> None:
 
 def test_training_stream_error_names_the_file_and_image(dataset: CocoDetection) -> None:
     _corrupt(dataset.records[1].path)
+    dataset.max_bad_images = 0  # no skipping (test_bad_images.py: the default skips it)
     loader = build_train_loader(
         dataset, batch_size=2, num_workers=0, seed=0, aspect_ratio_grouping=False
     )
