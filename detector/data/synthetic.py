@@ -20,32 +20,44 @@ reproducible and the first images do not change when ``num_train`` grows.
 
 from __future__ import annotations
 
-import colorsys
-import fcntl
-import hashlib
-import json
-import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from detector.data.base import DetectionTransform
 from detector.data.coco import CocoDetection
+from detector.data.generated import (
+    META_FILE,
+    SPLITS,
+    Box,
+    GeneratedImage,
+    GeneratorSpec,
+    box_iou_matrix,
+    check_int,
+    ensure_generated_dataset,
+    hue_family_colour,
+    smooth_field_with_stripes,
+    tight_crop,
+)
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "GENERATOR_VERSION",
+    "META_FILE",
+    "SHAPE_CLASSES",
+    "SPLITS",
+    "ShapeInstance",
+    "SyntheticShapesDetection",
+    "ensure_synthetic_dataset",
+    "render_image",
+    "shape_mask",
+]
 
 #: Category names; category id ``i + 1`` is ``SHAPE_CLASSES[i]``.
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 #: Bump when the rendering changes so that cached datasets are regenerated.
 GENERATOR_VERSION = 2
-META_FILE = "meta.json"
-SPLITS = ("train", "val")
 
 MIN_OBJECT_SIZE, MAX_OBJECT_SIZE = 15, 90
 MAX_OBJECTS = 6
@@ -61,7 +73,7 @@ class ShapeInstance:
     """One rendered shape: category id ``1..4``, tight xyxy box (ints, exclusive max), mask area."""
 
     category_id: int
-    box: tuple[int, int, int, int]
+    box: Box
     area: int
 
 
@@ -74,35 +86,30 @@ def ensure_synthetic_dataset(
     seed: int = 0,
 ) -> Path:
     """Return ``root`` holding the synthetic dataset for these arguments, generating it first
-    when missing or generated with other arguments.
-
-    Generation writes into a temporary sibling folder and renames it to ``root`` (an existing
-    stale ``root`` is moved aside and deleted only after the swap); a file lock serialises
-    concurrent callers.
+    when missing or generated with other arguments (cached, locked and swapped into place as
+    :func:`detector.data.generated.ensure_generated_dataset` describes).
 
     Raises:
         ValueError: invalid arguments.
         FileExistsError: ``root`` is a non-empty folder that this function did not write.
     """
-    root = Path(root).absolute()
-    meta = _meta(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with _FileLock(root):
-        if _read_meta(root) == meta:
-            return root
-        if root.exists() and not (root / META_FILE).is_file() and any(root.iterdir()):
-            raise FileExistsError(
-                f"{root} exists, is not empty and has no {META_FILE}: not a synthetic dataset "
-                "written by ensure_synthetic_dataset; refusing to overwrite it"
-            )
-        logger.info("generating the synthetic shapes dataset in %s (%s)", root, meta)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{root.name}.tmp-", dir=root.parent))
-        try:
-            _write_dataset(tmp, meta)
-            _swap_into_place(tmp, root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    meta = {
+        "generator_version": GENERATOR_VERSION,
+        "num_train": check_int("num_train", num_train, 0),
+        "num_val": check_int("num_val", num_val, 0),
+        "image_size": check_int("image_size", image_size, 64),
+        "seed": check_int("seed", seed, 0),
+    }
+    spec = GeneratorSpec(
+        description="synthetic shapes",
+        meta=meta,
+        categories=[
+            {"id": k + 1, "name": name, "supercategory": "shape"}
+            for k, name in enumerate(SHAPE_CLASSES)
+        ],
+        render=lambda rng: GeneratedImage(*render_image(rng, image_size=image_size)),
+    )
+    return ensure_generated_dataset(root, spec)
 
 
 class SyntheticShapesDetection(CocoDetection):
@@ -146,107 +153,6 @@ class SyntheticShapesDetection(CocoDetection):
         )
 
 
-def _meta(*, num_train: int, num_val: int, image_size: int, seed: int) -> dict[str, int]:
-    for name, value, low in (
-        ("num_train", num_train, 0),
-        ("num_val", num_val, 0),
-        ("image_size", image_size, 64),
-        ("seed", seed, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return {
-        "generator_version": GENERATOR_VERSION,
-        "num_train": num_train,
-        "num_val": num_val,
-        "image_size": image_size,
-        "seed": seed,
-    }
-
-
-def _read_meta(root: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((root / META_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-class _FileLock:
-    """Exclusive ``flock`` on a lock file in the temp dir keyed by ``root`` (context manager)."""
-
-    def __init__(self, root: Path) -> None:
-        digest = hashlib.sha1(str(root).encode()).hexdigest()[:16]
-        self.path = Path(tempfile.gettempdir()) / f"detector-synthetic-{digest}.lock"
-
-    def __enter__(self) -> None:
-        self._file = self.path.open("w")
-        fcntl.flock(self._file, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
-
-
-def _swap_into_place(tmp: Path, root: Path) -> None:
-    old = None
-    if root.exists():
-        old = root.with_name(f"{root.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-        root.rename(old)
-    tmp.rename(root)
-    if old is not None:
-        shutil.rmtree(old)
-
-
-def _write_dataset(out: Path, meta: dict[str, int]) -> None:
-    (out / "annotations").mkdir()
-    counts = {"train": meta["num_train"], "val": meta["num_val"]}
-    with tqdm(total=sum(counts.values()), desc="synthetic shapes", unit="img") as bar:
-        for split_index, split in enumerate(SPLITS):
-            (out / split).mkdir()
-            images, annotations = [], []
-            for i in range(counts[split]):
-                rng = np.random.default_rng([meta["seed"], split_index, i])
-                pixels, shapes = render_image(rng, image_size=meta["image_size"])
-                file_name = f"{i + 1:06d}.png"
-                Image.fromarray(pixels).save(out / split / file_name, compress_level=1)
-                images.append(
-                    {
-                        "id": i + 1,
-                        "file_name": file_name,
-                        "height": pixels.shape[0],
-                        "width": pixels.shape[1],
-                    }
-                )
-                first_id = len(annotations) + 1
-                annotations += [
-                    _coco_annotation(s, i + 1, first_id + k) for k, s in enumerate(shapes)
-                ]
-                bar.update()
-            coco = {
-                "info": {"description": "synthetic shapes", "generator_version": GENERATOR_VERSION},
-                "images": images,
-                "annotations": annotations,
-                "categories": [
-                    {"id": k + 1, "name": name, "supercategory": "shape"}
-                    for k, name in enumerate(SHAPE_CLASSES)
-                ],
-            }
-            (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-    (out / META_FILE).write_text(json.dumps(meta, sort_keys=True))
-
-
-def _coco_annotation(shape: ShapeInstance, image_id: int, ann_id: int) -> dict[str, Any]:
-    x1, y1, x2, y2 = shape.box
-    return {
-        "id": ann_id,
-        "image_id": image_id,
-        "category_id": shape.category_id,
-        "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-        "area": float(shape.area),
-        "iscrowd": 0,
-    }
-
-
 def render_image(
     rng: np.random.Generator, *, image_size: int
 ) -> tuple[np.ndarray, list[ShapeInstance]]:
@@ -285,9 +191,7 @@ def shape_mask(category_id: int, size: int, rng: np.random.Generator) -> np.ndar
         draw.ellipse((0, 0, size - 1, size - 1), fill=255)
     else:
         draw.polygon(_polygon(name, size, rng), fill=255)
-    mask = np.asarray(canvas) > 0
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return tight_crop(np.asarray(canvas) > 0)
 
 
 def _polygon(name: str, size: int, rng: np.random.Generator) -> list[tuple[float, float]]:
@@ -328,16 +232,7 @@ def _polygon(name: str, size: int, rng: np.random.Generator) -> list[tuple[float
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """``float32 (H, W, 3)``: a smooth random colour field plus faint stripes."""
     grid = rng.integers(30, 226, size=(int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3))
-    field = Image.fromarray(grid.astype(np.uint8)).resize(
-        (width, height), Image.Resampling.BILINEAR
-    )
-    canvas = np.asarray(field, dtype=np.float32).copy()
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    direction = rng.uniform(0, np.pi)
-    period = rng.uniform(6, 30)
-    phase = (xx * np.cos(direction) + yy * np.sin(direction)) * (2 * np.pi / period)
-    canvas += (rng.uniform(0, 20) * np.sin(phase))[..., None]
-    return canvas
+    return smooth_field_with_stripes(rng, grid, height, width)
 
 
 def _place(
@@ -345,7 +240,7 @@ def _place(
     shape: tuple[int, int],
     height: int,
     width: int,
-    boxes: list[tuple[int, int, int, int]],
+    boxes: list[Box],
     tries: int = 30,
 ) -> tuple[int, int] | None:
     """Top-left ``(y, x)`` keeping the shape inside the image and its box IoU with every placed
@@ -354,17 +249,9 @@ def _place(
     for _ in range(tries):
         y0 = int(rng.integers(0, height - h + 1))
         x0 = int(rng.integers(0, width - w + 1))
-        if all(_iou((x0, y0, x0 + w, y0 + h), b) <= MAX_BOX_IOU for b in boxes):
+        if not boxes or box_iou_matrix([(x0, y0, x0 + w, y0 + h)], boxes).max() <= MAX_BOX_IOU:
             return y0, x0
     return None
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
 
 
 def _object_colour(
@@ -377,13 +264,4 @@ def _object_colour(
     colour wheel) with random saturation and brightness, so colour is a cue to the class but
     not a label: backgrounds use every hue, and shape still tells instances from texture.
     """
-    base = CLASS_HUES[category_id - 1]
-    colour = np.zeros(3, dtype=np.float32)
-    for _ in range(20):
-        hue = (base + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
-        rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.55, 1.0))
-        colour = np.array(rgb, dtype=np.float32) * 255.0
-        if np.abs(colour - background).sum() >= 150:
-            return colour
-    # keep the hue, push brightness away from the background
-    return np.where(background.mean() < 128, colour.clip(96, 255), colour * 0.35).astype(np.float32)
+    return hue_family_colour(rng, background, CLASS_HUES[category_id - 1], HUE_JITTER)
