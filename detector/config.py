@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from detector.modeling.backbone.resnet import resnet_out_channels
+from detector.modeling.backbone.channels import resnet_out_channels
 
 #: The repository root when the package is used from a source checkout (editable install).
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from detector.modeling.backbone.resnet import resnet_out_channels
+from detector.modeling.backbone.channels import resnet_out_channels
 
 _UNSET = object()
 

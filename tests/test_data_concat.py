@@ -14,7 +14,7 @@ from detector.data.coco import CocoDetection
 from detector.data.concat import ConcatDetection
 from detector.data.loader import build_train_loader
 from detector.data.voc import VOCDetection
-from tests.test_data_voc import _object, _write_image
+from tests.helpers import voc_object, write_voc_image
 
 
 @pytest.fixture
@@ -22,11 +22,15 @@ def voc(tmp_path: Path) -> Path:
     """Split ``one``: image a (40x30: cat, difficult dog); split ``two``: b (30x50: dog), c."""
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (tmp_path / sub).mkdir(parents=True)
-    _write_image(
-        tmp_path, "a", 40, 30, [_object("cat", (1, 2, 10, 12)), _object("dog", (5, 5, 20, 20), 1)]
+    write_voc_image(
+        tmp_path,
+        "a",
+        40,
+        30,
+        [voc_object("cat", (1, 2, 10, 12)), voc_object("dog", (5, 5, 20, 20), 1)],
     )
-    _write_image(tmp_path, "b", 30, 50, [_object("dog", (11, 1, 30, 30))])
-    _write_image(tmp_path, "c", 20, 10, [_object("cat", (2, 2, 5, 5))])
+    write_voc_image(tmp_path, "b", 30, 50, [voc_object("dog", (11, 1, 30, 30))])
+    write_voc_image(tmp_path, "c", 20, 10, [voc_object("cat", (2, 2, 5, 5))])
     (tmp_path / "ImageSets" / "Main" / "one.txt").write_text("a\n")
     (tmp_path / "ImageSets" / "Main" / "two.txt").write_text("b\nc\n")
     return tmp_path

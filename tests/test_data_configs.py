@@ -16,8 +16,7 @@ from PIL import Image
 
 from detector.data.concat import ConcatDetection
 from detector.data.voc import VOC_CLASSES
-from tests.helpers import CONFIG_DIR, compose_config
-from tests.test_data_voc import _object, _write_image
+from tests.helpers import CONFIG_DIR, compose_config, voc_object, write_voc_image
 
 DATASETS = sorted(p.stem for p in (Path(CONFIG_DIR) / "dataset").glob("*.yaml"))
 VOC_FOLDER = ["dataset.root=/nowhere", "dataset.class_names=[a,b]", "dataset.num_classes=2"]
@@ -28,12 +27,12 @@ def _devkit_year(root: Path, splits: dict[str, list[str]]) -> None:
         (root / sub).mkdir(parents=True)
     names = sorted({n for images in splits.values() for n in images})
     for i, name in enumerate(names):
-        _write_image(
+        write_voc_image(
             root,
             name,
             40,
             30,
-            [_object("cat", (1, 1, 10, 10)), _object("dog", (2, 2, 9, 9), i % 2)],
+            [voc_object("cat", (1, 1, 10, 10)), voc_object("dog", (2, 2, 9, 9), i % 2)],
         )
     for split, images in splits.items():
         (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(images) + "\n")

@@ -8,50 +8,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from detector.data.voc import VOC_CLASSES, VOCDetection
+from tests.helpers import voc_object, write_voc_image
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 BCCD = SHARED / "data" / "bccd"
 VOC_MINI = SHARED / "data" / "voc2012_mini"
 
 
-def _object(name: str, box: tuple[int, int, int, int], difficult: int = 0) -> str:
-    xmin, ymin, xmax, ymax = box
-    return (
-        f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
-        f"<xmin>{xmin}</xmin><ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax>"
-        "</bndbox></object>"
-    )
-
-
-def _write_image(root: Path, name: str, width: int, height: int, objects: list[str]) -> None:
-    Image.new("RGB", (width, height), (0, 255, 0)).save(root / "JPEGImages" / f"{name}.jpg")
-    xml = (
-        f"<annotation><filename>{name}.jpg</filename><size><width>{width}</width>"
-        f"<height>{height}</height><depth>3</depth></size>{''.join(objects)}</annotation>"
-    )
-    (root / "Annotations" / f"{name}.xml").write_text(xml)
-
-
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (tmp_path / sub).mkdir(parents=True)
-    _write_image(
+    write_voc_image(
         tmp_path,
         "a",
         40,
         30,
         [
-            _object("cat", (1, 2, 10, 12)),
-            _object("dog", (5, 5, 20, 20), difficult=1),
-            _object("bird", (3, 3, 9, 9)),
-            _object("cat", (7, 4, 7, 9)),  # zero width
+            voc_object("cat", (1, 2, 10, 12)),
+            voc_object("dog", (5, 5, 20, 20), difficult=1),
+            voc_object("bird", (3, 3, 9, 9)),
+            voc_object("cat", (7, 4, 7, 9)),  # zero width
         ],
     )
-    _write_image(tmp_path, "b", 40, 30, [_object("dog", (11, 1, 40, 30))])
+    write_voc_image(tmp_path, "b", 40, 30, [voc_object("dog", (11, 1, 40, 30))])
     (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("a\nb\n\n")
     return tmp_path
 

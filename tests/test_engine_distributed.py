@@ -25,10 +25,11 @@ import torch
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 
 from detector.data.loader import GroupedInfiniteBatchSampler, SeededBatchSampler
+from detector.engine.build import build_model
 from detector.engine.checkpoint import load_checkpoint
-from detector.engine.train import build_model, evaluate_on_val, train
-from tests.helpers import REPO_ROOT, compose_config
-from tests.test_train_smoke import TINY
+from detector.engine.train import train
+from detector.engine.validation import validate
+from tests.helpers import REPO_ROOT, TINY, compose_config, first_k_sampler
 
 RUN = [
     *TINY,
@@ -49,42 +50,17 @@ RUN = [
 RTOL = 1e-5
 
 
-def first_k_sampler(self, matched_idxs):
-    """Deterministic stand-in for ``BalancedPositiveNegativeSampler.__call__``: the first
-    ``min(batch * fraction, #pos)`` positives and enough of the first negatives."""
-    pos_masks, neg_masks = [], []
-    for labels in matched_idxs:
-        pos = torch.where(labels >= 1)[0]
-        neg = torch.where(labels == 0)[0]
-        num_pos = min(int(self.batch_size_per_image * self.positive_fraction), pos.numel())
-        num_neg = min(self.batch_size_per_image - num_pos, neg.numel())
-        pos_mask = torch.zeros_like(labels, dtype=torch.uint8)
-        neg_mask = torch.zeros_like(labels, dtype=torch.uint8)
-        pos_mask[pos[:num_pos]] = 1
-        neg_mask[neg[:num_neg]] = 1
-        pos_masks.append(pos_mask)
-        neg_masks.append(neg_mask)
-    return pos_masks, neg_masks
-
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CHILD = """
 import sys
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from detector.engine.train import train
-from tests.helpers import compose_config
-from tests.test_engine_distributed import first_k_sampler
+from tests.helpers import compose_config, first_k_sampler
 
 BalancedPositiveNegativeSampler.__call__ = first_k_sampler
 train(compose_config("train", sys.argv[1:]))
 """
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _losses(run_dir: Path) -> dict[int, dict[str, float]]:
@@ -152,7 +128,7 @@ def test_two_gloo_processes_reproduce_one_process(tmp_path: Path, monkeypatch):
     assert sharded["num_images"] == 4
     model = build_model(cfg, torch.device("cpu"))
     model.load_state_dict(ddp_state["model"])
-    again = evaluate_on_val(cfg, model, torch.device("cpu"), tmp_path / "eval")
+    again = validate(cfg, model, torch.device("cpu"), tmp_path / "eval")
     for key in ("AP", "AP50", "AR100"):
         assert sharded[key] == pytest.approx(again[key], abs=1e-9)
     assert json.loads((ddp_dir / "coco_results.json").read_text()) == json.loads(

@@ -15,8 +15,9 @@ from detector.engine.checkpoint import load_checkpoint
 from detector.engine.schedule import WarmupSchedule
 from detector.engine.train import train
 from detector.modeling.meta_arch import FasterRCNN
-from tests.helpers import compose_config
-from tests.test_train_smoke import TINY
+from tests.helpers import TINY, compose_config
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CHEAP = [
     *TINY,
@@ -24,14 +25,6 @@ CHEAP = [
     "model.rpn_post_nms_top_n.training=64",
 ]
 LOSSES = ("loss_rpn_cls", "loss_rpn_box", "loss_cls", "loss_box")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from detector.engine.evaluate import evaluate
-from tests.helpers import REPO_ROOT, compose_config
-from tests.test_train_smoke import TINY
+from detector.engine.eval_checkpoint import evaluate
+from tests.helpers import REPO_ROOT, TINY, compose_config
 
 
 def test_multirun_jobs_get_their_own_dirs_and_eval_rebuilds_the_model(tmp_path: Path):

@@ -24,8 +24,7 @@ import torch
 
 from detector.engine.checkpoint import latest_checkpoint, load_checkpoint
 from detector.engine.train import train
-from tests.helpers import REPO_ROOT, compose_config
-from tests.test_train_smoke import TINY
+from tests.helpers import REPO_ROOT, TINY, compose_config
 
 #: 4 iterations, a checkpoint after each, cheap proposals; no evaluation (not under test here).
 RUN = [

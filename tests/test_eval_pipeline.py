@@ -15,14 +15,12 @@ import torch
 from PIL import Image
 
 from detector.data.coco import CocoDetection
-from detector.data.loader import build_test_loader
 from detector.data.voc import VOCDetection
-from detector.engine.inference import evaluate_detector, evaluation_options
-from detector.engine.score import score_results
+from detector.engine.score_results import score_results
+from detector.engine.validation import evaluate_model, evaluation_options
 from detector.evaluation.coco_eval import score_coco_results_file
 from detector.evaluation.dataset_eval import DetectionEvaluator, coco_results_to_outputs
-from tests.helpers import compose_config
-from tests.test_data_voc import _object, _write_image
+from tests.helpers import compose_config, voc_object, write_voc_image
 
 CPU = torch.device("cpu")
 
@@ -58,11 +56,11 @@ def voc(tmp_path: Path) -> Path:
     root = tmp_path / "voc"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / sub).mkdir(parents=True)
-    _write_image(
-        root, "a", 40, 30, [_object("cat", (1, 2, 10, 12)), _object("dog", (5, 5, 20, 20), 1)]
+    write_voc_image(
+        root, "a", 40, 30, [voc_object("cat", (1, 2, 10, 12)), voc_object("dog", (5, 5, 20, 20), 1)]
     )
-    _write_image(
-        root, "b", 40, 30, [_object("dog", (11, 1, 40, 30)), _object("cat", (2, 20, 9, 28))]
+    write_voc_image(
+        root, "b", 40, 30, [voc_object("dog", (11, 1, 40, 30)), voc_object("cat", (2, 20, 9, 28))]
     )
     (root / "ImageSets" / "Main" / "test.txt").write_text("a\nb\n")
     return root
@@ -88,10 +86,9 @@ def test_voc_dataset_evaluates_with_hand_computed_ap(
 ) -> None:
     dataset = VOCDetection(root=voc, split="test", class_names=["cat", "dog"], keep_difficult=True)
     out = tmp_path / "eval"
-    metrics = evaluate_detector(
+    metrics = evaluate_model(
         FixedDetector(_voc_outputs()),
         dataset,
-        build_test_loader(dataset),
         device=CPU,
         output_dir=out,
         eval_type="voc",
@@ -112,10 +109,9 @@ def test_voc_dataset_evaluates_with_hand_computed_ap(
 
 def test_devkit_files_written_by_the_evaluation_score_again(voc: Path, tmp_path: Path) -> None:
     dataset = VOCDetection(root=voc, split="test", class_names=["cat", "dog"], keep_difficult=True)
-    first = evaluate_detector(
+    first = evaluate_model(
         FixedDetector(_voc_outputs()),
         dataset,
-        build_test_loader(dataset),
         device=CPU,
         output_dir=tmp_path / "eval",
         eval_type="both",
@@ -191,9 +187,7 @@ def test_coco_ids_round_trip_through_dataset_and_evaluator(coco: Path, tmp_path:
     outputs = [_det(t["boxes"].tolist(), [0.9] * len(t["labels"]), t["labels"].tolist())
                for _, t in dataset]  # fmt: skip
     out = tmp_path / "eval"
-    metrics = evaluate_detector(
-        FixedDetector(outputs), dataset, build_test_loader(dataset), device=CPU, output_dir=out
-    )
+    metrics = evaluate_model(FixedDetector(outputs), dataset, device=CPU, output_dir=out)
     assert metrics["AP"] == pytest.approx(1.0) and metrics["eval_type"] == "coco"
     results = json.loads((out / "coco_results.json").read_text())
     triples = sorted((r["image_id"], r["category_id"], r["bbox"]) for r in results)
@@ -206,9 +200,7 @@ def test_coco_ids_round_trip_through_dataset_and_evaluator(coco: Path, tmp_path:
     # the same detections with the labels of two classes swapped score 0 on those classes
     swapped = [dict(o, labels=torch.where(o["labels"] == 1, 2, torch.where(o["labels"] == 2, 1, o["labels"])))
                for o in outputs]  # fmt: skip
-    wrong = evaluate_detector(
-        FixedDetector(swapped), dataset, build_test_loader(dataset), device=CPU, output_dir=None
-    )
+    wrong = evaluate_model(FixedDetector(swapped), dataset, device=CPU, output_dir=None)
     assert wrong["per_class_AP"] == pytest.approx({"c3": 0.0, "c7": 0.0, "c11": 1.0})
 
 

@@ -12,13 +12,13 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
+from detector.engine.build import build_model
 from detector.engine.checkpoint import load_checkpoint
-from detector.engine.inference import run_inference
 from detector.engine.predict import infer, list_images, output_name
-from detector.engine.train import build_model, train
+from detector.engine.train import train
+from detector.engine.validation import run_inference
 from detector.utils.visualize import PALETTE, caption, draw_detections, label_color
-from tests.helpers import CONFIG_DIR, compose_config
-from tests.test_train_smoke import TINY
+from tests.helpers import CONFIG_DIR, TINY, compose_config
 
 FEW_PROPOSALS = ["model.rpn_post_nms_top_n.testing=16"]  # the per-region head dominates on CPU
 

@@ -198,8 +198,8 @@ def test_optimised_model_returns_the_same_detections(
 
 
 def test_eval_optimize_model_wraps_an_optimised_copy() -> None:
+    from detector.engine.build import build_test_model
     from detector.inference.box_refinement import BoxRefinement
-    from detector.inference.build import build_test_model
     from tests.helpers import compose_config
 
     torch.manual_seed(0)

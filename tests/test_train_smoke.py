@@ -11,27 +11,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from detector.engine.checkpoint import load_checkpoint
-from detector.engine.evaluate import evaluate
-from detector.engine.score import score_results
+from detector.engine.eval_checkpoint import evaluate
+from detector.engine.score_results import score_results
 from detector.engine.train import train
-from tests.helpers import CONFIG_DIR, SHARED, compose_config
+from tests.helpers import CONFIG_DIR, SHARED, TINY, compose_config
 
 MODELS = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("faster_rcnn_*.yaml"))
-TINY = [
-    "dataset.generator.num_train=8",
-    "dataset.generator.num_val=4",
-    "dataset.generator.image_size=96",
-    "dataset.input.min_sizes_train=[96]",
-    "dataset.input.min_size_test=96",
-    "dataset.input.max_size_train=128",
-    "dataset.input.max_size_test=128",
-    "dataloader.batch_size=2",
-    "dataloader.num_workers=0",
-    "solver.max_iter=3",
-    "solver.warmup_iters=1",
-    "solver.steps=[2]",
-    "model.roi_batch_size_per_image=16",
-]
 
 
 def test_required_model_configs_exist():

@@ -11,26 +11,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from detector.engine.evaluate import evaluate
+from detector.engine.ablate import run_ablation
+from detector.engine.build import build_test_model, load_trained
+from detector.engine.eval_checkpoint import evaluate
 from detector.engine.train import train
-from detector.inference.ablation import run_ablation
 from detector.inference.box_refinement import BoxRefinement
-from detector.inference.build import build_test_model
-from detector.inference.ensemble import ProposalEnsemble, WBFEnsemble, load_member
+from detector.inference.ensemble import ProposalEnsemble, WBFEnsemble
 from detector.inference.multiscale_paper import MultiScaleMaxout
 from detector.modeling.roi_heads.context import GlobalContextRoIHeads
-from tests.helpers import SHARED, compose_config
-from tests.test_train_smoke import TINY
+from tests.helpers import SHARED, TINY, compose_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: on a 2-core machine shared with other jobs, two contending threads
-    made these small convolutions ~30x slower (measured: R18 at 96x128, 18 ms vs 0.6 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 FEW_PROPOSALS = "model.rpn_post_nms_top_n={training:64,testing:20}"
@@ -108,7 +99,7 @@ def test_ensemble_overrides(runs, plain_metrics):
 
 
 def test_build_test_model_composition(runs):
-    model = load_member(runs["plain"], device=torch.device("cpu"), num_classes=4)
+    model, _ = load_trained(runs["plain"], device=torch.device("cpu"))
     members = f"ensemble.checkpoints=[{runs['context']}]"
     shared = build_test_model(compose_config("eval", ["test=paper", members]), model)
     assert isinstance(shared, BoxRefinement) and isinstance(shared.model, ProposalEnsemble)

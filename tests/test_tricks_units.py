@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from ensemble_boxes import weighted_boxes_fusion as package_wbf
 
-from detector.inference.box_voting import box_voting
-from detector.inference.merge import flatten_predictions, nms_merge
 from detector.inference.resize import box_scale, hflip_boxes, resize_image, resized_size
 from detector.inference.scale_selection import maxout_pool, select_scale_pairs
 from detector.inference.wbf import weighted_boxes_fusion
+from detector.modeling.postprocess import box_voting, flatten_predictions, select_detections
 
 T = torch.tensor
 
@@ -56,16 +57,20 @@ def test_box_voting_edge_cases():
         box_voting(lonely, T([1, 2]), boxes, scores, labels)
 
 
-def test_nms_merge_keeps_scores_and_votes_boxes():
+def test_select_detections_keeps_scores_and_votes_boxes():
     boxes, scores, labels = _voting_candidates()
-    out = nms_merge(boxes, scores, labels, nms_thresh=0.3, vote_thresh=0.5, max_detections=10)
+    out = select_detections(
+        boxes, scores, labels, nms_thresh=0.3, vote_thresh=0.5, max_detections=10
+    )
     # class 1: 0 kept (0.9), 1 suppressed (0.818 > 0.3), 2 kept (IoU with 0 is 0.333 > 0.3 ->
     # suppressed too); class 2: 3 kept (0.8), 4 kept (no overlap with 3), 5 suppressed by 4
     torch.testing.assert_close(out["scores"], T([0.9, 0.8, 0.3]))
     torch.testing.assert_close(out["labels"], T([1, 2, 2]))
     # box 2 does not vote for box 0 (IoU 0.333 < 0.5)
     torch.testing.assert_close(out["boxes"][0], T([0.4, 0.0, 10.4, 10.0]))
-    plain = nms_merge(boxes, scores, labels, nms_thresh=0.3, vote_thresh=None, max_detections=2)
+    plain = select_detections(
+        boxes, scores, labels, nms_thresh=0.3, vote_thresh=None, max_detections=2
+    )
     torch.testing.assert_close(plain["boxes"], boxes[[0, 3]])
 
 
@@ -123,6 +128,9 @@ def test_maxout_pool_is_elementwise_max_of_the_pair():
 
 
 # ----------------------------------------------------------------- weighted boxes fusion
+SIZE = (100, 100)  # (H, W) of the image the WBF inputs are in
+
+
 def _wbf_inputs():
     boxes = [
         T([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]]),
@@ -135,7 +143,7 @@ def _wbf_inputs():
 
 def test_wbf_hand_computed():
     boxes, scores, labels = _wbf_inputs()
-    b, s, lab = weighted_boxes_fusion(boxes, scores, labels, iou_thresh=0.55)
+    b, s, lab = weighted_boxes_fusion(boxes, scores, labels, iou_thresh=0.55, image_size=SIZE)
     # model 2's class-1 box overlaps model 1's by 80/120 = 0.667 -> one cluster, fused box
     # (0.9 * [0,0,10,10] + 0.6 * [2,0,12,10]) / 1.5, score (0.9 + 0.6) / 2; the two boxes
     # found by one model only keep half their score.
@@ -145,23 +153,54 @@ def test_wbf_hand_computed():
         b, T([[0.8, 0.0, 10.8, 10.0], [0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
     )
     # weights 2:1 -> fused box (1.8 * b1 + 0.6 * b2) / 2.4; scores over the total weight 3
-    b, s, lab = weighted_boxes_fusion(boxes, scores, labels, weights=[2.0, 1.0])
+    b, s, lab = weighted_boxes_fusion(boxes, scores, labels, weights=[2.0, 1.0], image_size=SIZE)
     torch.testing.assert_close(s, T([0.8, 1.0 / 3.0, 0.7 / 3.0]))
     torch.testing.assert_close(b[0], T([0.5, 0.0, 10.5, 10.0]))
     # above the threshold the two boxes stay apart
-    b, s, lab = weighted_boxes_fusion(boxes, scores, labels, iou_thresh=0.7)
+    b, s, lab = weighted_boxes_fusion(boxes, scores, labels, iou_thresh=0.7, image_size=SIZE)
     assert len(b) == 4
+
+
+def test_wbf_is_the_ensemble_boxes_package_in_pixels():
+    """The adapter only converts: random detections of 3 models with unequal weights (where
+    the earlier hand-written WBF disagreed with the package) give the package's own output."""
+    g = torch.Generator().manual_seed(0)
+    h, w = 120, 200
+    boxes, scores, labels = [], [], []
+    for _ in range(3):
+        xy = torch.rand(12, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = 10 + torch.rand(12, 2, generator=g) * 40
+        boxes.append(torch.cat([xy, (xy + wh).clamp(max=torch.tensor([w, h]))], dim=1))
+        scores.append(torch.rand(12, generator=g))
+        labels.append(torch.randint(1, 3, (12,), generator=g))
+    weights = [2.0, 1.0, 0.5]
+    b, s, lab = weighted_boxes_fusion(boxes, scores, labels, image_size=(h, w), weights=weights)
+    scale = np.array([w, h, w, h])
+    eb, es, el = package_wbf(
+        [x.double().numpy() / scale for x in boxes],
+        [x.double().numpy() for x in scores],
+        [x.numpy() for x in labels],
+        weights=weights,
+        iou_thr=0.55,
+        skip_box_thr=0.0,
+    )
+    assert len(b) == len(eb) > 12  # some clusters merged, some not
+    np.testing.assert_allclose(b.double().numpy(), eb * scale, atol=1e-4)
+    np.testing.assert_allclose(s.double().numpy(), es, atol=1e-6)
+    assert lab.tolist() == el.astype(int).tolist()
 
 
 def test_wbf_single_model_and_empty():
     boxes, scores, labels = _wbf_inputs()
-    b, s, lab = weighted_boxes_fusion(boxes[:1], scores[:1], labels[:1])
+    b, s, lab = weighted_boxes_fusion(boxes[:1], scores[:1], labels[:1], image_size=SIZE)
     torch.testing.assert_close(b, boxes[0])
     torch.testing.assert_close(s, scores[0])
-    empty = weighted_boxes_fusion([T([]).reshape(0, 4)], [T([])], [T([], dtype=torch.long)])
+    empty = weighted_boxes_fusion(
+        [T([]).reshape(0, 4)], [T([])], [T([], dtype=torch.long)], image_size=SIZE
+    )
     assert empty[0].shape == (0, 4) and empty[1].shape == (0,)
     with pytest.raises(ValueError, match="positive weight"):
-        weighted_boxes_fusion(boxes, scores, labels, weights=[1.0])
+        weighted_boxes_fusion(boxes, scores, labels, weights=[1.0], image_size=SIZE)
 
 
 # ----------------------------------------------------------------- geometry

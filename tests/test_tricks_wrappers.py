@@ -18,15 +18,7 @@ from detector.inference.resize import resize_image
 from detector.modeling.roi_heads.context import GlobalContextPredictor, GlobalContextRoIHeads
 from tests.helpers import compose_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: on a 2-core machine shared with other jobs, two contending threads
-    made these small convolutions ~30x slower (measured: R18 at 96x128, 18 ms vs 0.6 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 T = torch.tensor
@@ -161,8 +153,7 @@ def test_multiscale_paper_two_scales_is_maxout_of_roi_align(images, plain):
         kw = dict(output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=0, aligned=True)
         pooled = torch.maximum(roi_align(f0, boxes, **kw), roi_align(f1, [boxes[0] * 2], **kw))
         head = model.roi_heads
-        logits, deltas = head.box_predictor(head.features_from_pooled(pooled))
-        exp_probs, exp_pred = head.decode(logits, deltas, boxes)
+        exp_probs, exp_pred = head.predict({}, boxes, [(96, 128)], pool=lambda b, **_: pooled)
     torch.testing.assert_close(probs[0], exp_probs[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(pred[0], exp_pred[0], atol=1e-3, rtol=1e-4)
 
@@ -178,10 +169,13 @@ def test_multiscale_paper_can_pool_the_context_box_at_the_test_scale(images, con
         probs, _ = wrapper.predict(feats, boxes, [(96, 128)])
         # by hand: the RoIs by scale pair + maxout, the whole image [0, 0, 128, 96] at 96 px
         head = model.roi_heads
-        rois = wrapper.pool(feats, boxes)
+        rois = wrapper.pooler(feats, [(96, 128)])(boxes)
         whole = head.box_roi_pool(feats.base, [T([[0.0, 0.0, 128.0, 96.0]])], [(96, 128)])
-        region = head.features_from_pooled_rois(torch.cat([rois, whole]), boxes)
-        exp_probs, _ = head.decode(*head.box_predictor(region), boxes)
+
+        def by_hand(b, whole_image=False):
+            return whole if whole_image else rois
+
+        exp_probs, _ = head.predict(feats.base, boxes, [(96, 128)], pool=by_hand)
         pyramid = MultiScaleMaxout(model=model, scales=[96, 192])
         other, _ = pyramid.predict(feats, boxes, [(96, 128)])
     torch.testing.assert_close(probs[0], exp_probs[0], atol=1e-5, rtol=1e-4)
@@ -273,8 +267,8 @@ def test_global_context_feature_is_roi_feature_next_to_whole_image_feature(conte
         out = head.box_features(feats, boxes, il.image_sizes)
         d = head.box_head.out_channels
         assert out.shape == (3, 2 * d)
-        rois = head.features_from_pooled(head.box_roi_pool(feats, boxes, il.image_sizes))
-        whole = head.features_from_pooled(
+        rois = head.box_head(head.box_roi_pool(feats, boxes, il.image_sizes))
+        whole = head.box_head(
             head.box_roi_pool(
                 feats, [T([[0.0, 0, 128, 96]]), T([[0.0, 0, 96, 64]])], il.image_sizes
             )

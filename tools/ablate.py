@@ -13,8 +13,8 @@ import hydra
 from omegaconf import DictConfig
 
 import detector  # noqa: F401  (registers the config resolvers)
-from detector.engine.train import resolve_output_dir
-from detector.inference.ablation import run_ablation
+from detector.engine.ablate import run_ablation
+from detector.engine.build import resolve_output_dir
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 

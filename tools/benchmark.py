@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from detector.benchmarks.runner import run_benchmarks
-from detector.engine.train import resolve_output_dir
+from detector.engine.build import resolve_output_dir
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 

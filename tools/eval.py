@@ -16,8 +16,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import detector  # noqa: F401  (registers the config resolvers)
-from detector.engine.evaluate import evaluate
-from detector.engine.score import score_results
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -25,9 +23,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
+    # imported per branch: scoring a results file needs no model code (start-up time)
     if cfg.get("results"):
+        from detector.engine.score_results import score_results
+
         score_results(cfg)
     else:
+        from detector.engine.eval_checkpoint import evaluate
+
         evaluate(cfg, list(HydraConfig.get().overrides.task))
 
 

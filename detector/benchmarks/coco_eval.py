@@ -25,7 +25,7 @@ from tqdm import tqdm
 from detector.benchmarks.yardstick import in_yardsticks, yardstick_line, yardstick_report
 from detector.evaluation.coco_engines import ENGINES, check_engine, run_engine
 from detector.evaluation.coco_eval import STAT_NAMES
-from detector.evaluation.tables import format_table
+from detector.utils.tables import format_table
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
 CROWD_FRACTION = 0.01

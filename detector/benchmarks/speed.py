@@ -47,9 +47,9 @@ from detector.benchmarks.twin import (
     torchvision_twin,
 )
 from detector.benchmarks.yardstick import in_yardsticks, yardstick_line, yardstick_report
-from detector.evaluation.tables import format_table
 from detector.modeling.fuse import optimize_for_inference
 from detector.modeling.meta_arch import FasterRCNN
+from detector.utils.tables import format_table
 
 logger = logging.getLogger(__name__)
 

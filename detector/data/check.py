@@ -30,7 +30,7 @@ from detector.data.base import (
     decode_record,
     require_boxes,
 )
-from detector.evaluation.tables import format_table
+from detector.utils.tables import format_table
 
 logger = logging.getLogger(__name__)
 

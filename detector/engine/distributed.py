@@ -1,10 +1,10 @@
-"""torchrun process groups, cross-rank reductions and evaluation sharded across ranks.
+"""torchrun process groups and cross-rank collectives.
 
 ``torchrun --nproc_per_node=N tools/train.py ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous address) in their environment;
-:func:`init_distributed` turns that into a process group (NCCL on CUDA, gloo on CPU) and picks
-each process's device. Without those variables everything here degrades to a single process,
-so the same code path serves ``python tools/train.py``.
+:func:`launch_context` reads them and :func:`init_distributed` turns them into a process group
+(NCCL on CUDA, gloo on CPU) on each process's device. Without those variables everything here
+degrades to a single process, so the same code path serves ``python tools/train.py``.
 """
 
 from __future__ import annotations
@@ -12,17 +12,11 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.utils.data import Subset
-
-from detector.data.loader import build_test_loader
-from detector.engine.inference import run_inference, score_detections
-from detector.evaluation.dataset_eval import DetectionEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -56,41 +50,29 @@ def current_context() -> DistributedContext:
     )
 
 
-def _device_for(name: str, ctx: DistributedContext) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu")
-    if device.type == "cuda" and ctx.is_distributed:
-        if device.index is not None:
-            raise ValueError(
-                f"device={name!r} names one GPU but {ctx.world_size} processes were started; "
-                "use device=cuda (each process takes the GPU of its LOCAL_RANK)"
-            )
-        device = torch.device("cuda", ctx.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device
-
-
-def init_distributed(device_name: str) -> tuple[DistributedContext, torch.device, bool]:
-    """Join the torchrun job described by the environment, if any.
-
-    Returns ``(context, device, created)``; ``created`` says whether this call initialised the
-    process group (and :func:`cleanup_distributed` should destroy it). A process group that
-    already exists (e.g. made by a test harness) is used as it is.
-    """
+def launch_context() -> DistributedContext:
+    """This process's place in the job: the existing process group's, else the torchrun
+    environment's (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), else a single process."""
     if dist.is_available() and dist.is_initialized():
-        ctx = current_context()
-        return ctx, _device_for(device_name, ctx), False
+        return current_context()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistributedContext(), _device_for(device_name, DistributedContext()), False
-    ctx = DistributedContext(
-        rank=int(os.environ["RANK"]),
-        world_size=world_size,
-        local_rank=int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
-    )
-    device = _device_for(device_name, ctx)
+        return DistributedContext()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def init_distributed(ctx: DistributedContext, device: torch.device) -> bool:
+    """Join the process group of ``ctx`` on ``device`` (made current when a GPU).
+
+    Returns whether this call created the group (then :func:`cleanup_distributed` should
+    destroy it); a group that already exists (e.g. made by a test harness) is used as it is.
+    """
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not ctx.is_distributed or (dist.is_available() and dist.is_initialized()):
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
         backend=backend,
@@ -99,7 +81,7 @@ def init_distributed(device_name: str) -> tuple[DistributedContext, torch.device
         device_id=device if device.type == "cuda" else None,
     )
     logger.info("rank %d/%d joined (%s, %s)", ctx.rank, ctx.world_size, backend, device)
-    return ctx, device, True
+    return True
 
 
 def cleanup_distributed() -> None:
@@ -160,58 +142,3 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     device_ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def evaluate_sharded(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    device: torch.device,
-    output_dir: str | Path | None,
-    num_workers: int = 0,
-    **options: Any,
-) -> dict[str, Any]:
-    """Evaluate ``model`` on ``dataset`` with each rank running inference on every
-    ``world_size``-th image; rank 0 gathers the detections, scores them with
-    :class:`DetectionEvaluator` (``options``: ``eval_type``, ``engine``, ``voc_*``), prints
-    and writes the results, and every rank returns the same metrics.
-
-    ``seconds_per_image`` is the mean over ranks of each rank's time per image.
-    """
-    ctx = current_context()
-    evaluator = None
-    if ctx.is_main:  # built first: bad options or ground truth fail before the inference pass
-        evaluator = DetectionEvaluator(
-            coco_gt=dataset.coco_gt(), label_to_cat_id=dataset.label_to_cat_id, **options
-        )
-    positions = list(range(ctx.rank, len(dataset), ctx.world_size))
-    loader = build_test_loader(Subset(dataset, positions), batch_size=1, num_workers=num_workers)
-    model.eval()
-    shard = run_inference(model, loader, device=device, total=len(positions))
-    gathered = gather_to_main((positions, *shard))
-    metrics = None
-    if ctx.is_main:
-        assert evaluator is not None and gathered is not None
-        metrics = _score_gathered(evaluator, gathered, dataset, output_dir)
-    return broadcast_from_main(metrics)
-
-
-def _score_gathered(
-    evaluator: DetectionEvaluator,
-    gathered: list[tuple[list[int], list[int], list[dict[str, Tensor]], float]],
-    dataset: Any,
-    output_dir: str | Path | None,
-) -> dict[str, Any]:
-    """Score the ranks' ``(positions, image_ids, outputs, seconds)`` in dataset order."""
-    rows = sorted(
-        (
-            (pos, image_id, out)
-            for positions, image_ids, outputs, _ in gathered
-            for pos, image_id, out in zip(positions, image_ids, outputs, strict=True)
-        ),
-        key=lambda row: row[0],
-    )
-    seconds = sum(g[3] for g in gathered) / len(gathered)
-    return score_detections(
-        evaluator, [r[1] for r in rows], [r[2] for r in rows], seconds, dataset, output_dir
-    )

@@ -11,16 +11,32 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from detector.engine.checkpoint import BEST_NAME, FINAL_NAME, Checkpointer, prune_checkpoints
-
-if TYPE_CHECKING:
-    from detector.engine.trainer import Trainer
+from detector.engine.storage import ScalarStorage
 
 logger = logging.getLogger(__name__)
+
+
+class TrainerState(Protocol):
+    """What hooks see of the trainer (:class:`detector.engine.trainer.Trainer`)."""
+
+    model: nn.Module
+    device: torch.device
+    iter: int
+    max_iter: int
+    storage: ScalarStorage
+    latest_losses: dict[str, float]
+    metrics: dict[str, Any]
+
+    @property
+    def lr(self) -> float: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
 
 
 class HookBase:
@@ -30,7 +46,7 @@ class HookBase:
     just taken. ``state_dict`` / ``load_state_dict`` carry a hook's state through checkpoints.
     """
 
-    trainer: Trainer
+    trainer: TrainerState
 
     def before_train(self) -> None: ...
 

@@ -21,11 +21,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from detector.data.base import DetectionTransform, identity_transform, load_rgb
-from detector.engine.checkpoint import load_checkpoint, load_model_weights, resolve_checkpoint_path
-from detector.engine.evaluate import load_run_config
-from detector.engine.inference import rescale_detections
-from detector.engine.train import build_model, resolve_device, resolve_output_dir
-from detector.inference.build import build_test_model
+from detector.engine.build import (
+    build_test_model,
+    build_trained_model,
+    open_run,
+    resolve_device,
+    resolve_output_dir,
+)
+from detector.inference.resize import rescale_detections
 from detector.utils.visualize import draw_detections
 
 logger = logging.getLogger(__name__)
@@ -53,14 +56,6 @@ def list_images(source: str | Path) -> list[Path]:
 def output_name(path: Path) -> str:
     """File name of the drawn image: JPEG and PNG inputs keep their name, others become PNG."""
     return path.name if path.suffix.lower() in (".jpg", ".jpeg", ".png") else f"{path.stem}.png"
-
-
-def class_names_of(run_cfg: DictConfig, ckpt: dict[str, Any], num_classes: int) -> list[str]:
-    """Class names saved in the checkpoint, else in the run's dataset config, else ``class_k``."""
-    names = ckpt.get("class_names") or run_cfg.dataset.get("class_names")
-    if names is not None and len(names) == num_classes:
-        return [str(n) for n in names]
-    return [f"class_{k}" for k in range(1, num_classes + 1)]
 
 
 @torch.inference_mode()
@@ -108,17 +103,13 @@ def infer(cfg: DictConfig) -> dict[str, Any]:
     out = resolve_output_dir(cfg)
     if any((out / output_name(f)).resolve() == f.resolve() for f in files):
         raise ValueError(f"output_dir {out} would overwrite the input images; choose another one")
-    path = resolve_checkpoint_path(str(cfg.checkpoint))
-    ckpt = load_checkpoint(path)
-    run_cfg = load_run_config(path, ckpt)
+    run = open_run(str(cfg.checkpoint))
+    run_cfg, path = run.config, run.path
     device = resolve_device(str(cfg.device))
-    model = build_model(run_cfg, device)
-    load_model_weights(model, ckpt["model"], source=str(path))
-    model.eval()
-    model = build_test_model(run_cfg, model)
+    model = build_test_model(run_cfg, build_trained_model(run, device))
     val_transforms = run_cfg.dataset.val.get("transforms")
     transform = instantiate(val_transforms) if val_transforms is not None else identity_transform
-    class_names = class_names_of(run_cfg, ckpt, int(run_cfg.model.num_classes))
+    class_names = run.class_names
     threshold = float(cfg.score_thresh)
     records = []
     for file in tqdm(files, desc="infer", dynamic_ncols=True):

@@ -17,9 +17,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from detector.config_checks import check_config
-from detector.data.loader import build_test_loader, build_train_loader
+from detector.data.loader import build_train_loader
 from detector.engine import rng
 from detector.engine.amp import MixedPrecision
+from detector.engine.build import (
+    build_dataset,
+    build_model,
+    prepare_dataset,
+    resolve_device,
+    resolve_output_dir,
+)
 from detector.engine.checkpoint import (
     Checkpointer,
     latest_checkpoint,
@@ -32,9 +39,8 @@ from detector.engine.distributed import (
     barrier,
     broadcast_from_main,
     cleanup_distributed,
-    current_context,
-    evaluate_sharded,
     init_distributed,
+    launch_context,
     unwrap,
     wrap_ddp,
 )
@@ -45,65 +51,14 @@ from detector.engine.hooks import (
     PeriodicCheckpointer,
     PeriodicEvaluation,
 )
-from detector.engine.inference import evaluate_detector, evaluation_options
 from detector.engine.optim import build_param_groups, scale_solver
 from detector.engine.schedule import WarmupSchedule
 from detector.engine.trainer import Trainer
+from detector.engine.validation import validate
 from detector.engine.writers import PeriodicLogger, ProgressBar, TensorBoardWriter
-from detector.inference.build import build_test_model
 from detector.modeling.meta_arch import FasterRCNN
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python's, numpy's and torch's global generators."""
-    rng.seed_everything(seed)
-
-
-def resolve_output_dir(cfg: DictConfig) -> Path:
-    """``cfg.output_dir`` or, inside a Hydra app, the Hydra run directory."""
-    if cfg.get("output_dir"):
-        out = Path(str(cfg.output_dir))
-    else:
-        from hydra.core.hydra_config import HydraConfig
-
-        if not HydraConfig.initialized():
-            raise ValueError("output_dir is null and no Hydra run directory exists; set output_dir")
-        out = Path(HydraConfig.get().runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def resolve_device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu")
-    return device
-
-
-def prepare_dataset(cfg: DictConfig) -> None:
-    """Run the dataset's ``prepare`` step (e.g. writing the synthetic dataset) if it has one."""
-    if cfg.dataset.get("prepare") is not None:
-        instantiate(cfg.dataset.prepare)
-
-
-def build_dataset(cfg: DictConfig, split: str) -> Any:
-    if split not in cfg.dataset or cfg.dataset[split] is None:
-        raise ValueError(f"dataset {cfg.dataset.get('name')!r} has no {split!r} split configured")
-    dataset = instantiate(cfg.dataset[split], _convert_="all")
-    expected = int(cfg.model.num_classes)
-    if len(dataset.class_names) != expected:
-        raise ValueError(
-            f"dataset {cfg.dataset.get('name')!r} ({split}) has {len(dataset.class_names)} "
-            f"classes {dataset.class_names} but model.num_classes is {expected}"
-        )
-    return dataset
-
-
-def build_model(cfg: DictConfig, device: torch.device) -> FasterRCNN:
-    model = instantiate(cfg.model.net)
-    return model.to(device)
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -137,37 +92,13 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def evaluate_on_val(
-    cfg: DictConfig, model: torch.nn.Module, device: torch.device, output_dir: Path | None
-) -> dict[str, Any]:
-    """Evaluate on the val split; in a torchrun job the images are sharded over the ranks
-    (:func:`~detector.engine.distributed.evaluate_sharded`) and every rank gets the metrics."""
-    dataset = build_dataset(cfg, "val")
-    if current_context().is_distributed:
-        return evaluate_sharded(
-            build_test_model(cfg, model),
-            dataset,
-            device=device,
-            output_dir=output_dir,
-            num_workers=int(cfg.dataloader.num_workers),
-            **evaluation_options(cfg.eval),
-        )
-    loader = build_test_loader(dataset, batch_size=1, num_workers=int(cfg.dataloader.num_workers))
-    return evaluate_detector(
-        build_test_model(cfg, model),
-        dataset,
-        loader,
-        device=device,
-        output_dir=output_dir,
-        **evaluation_options(cfg.eval),
-    )
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured detector and return the final metrics (empty if evaluation is
     disabled). In a torchrun job every rank calls this; rank 0 logs and writes files."""
     check_config(cfg)
-    ctx, device, created = init_distributed(str(cfg.device))
+    ctx = launch_context()
+    device = resolve_device(str(cfg.device), ctx.local_rank if ctx.is_distributed else None)
+    created = init_distributed(ctx, device)
     try:
         return _train(cfg, ctx, device)
     finally:
@@ -181,7 +112,7 @@ def _train(cfg: DictConfig, ctx: DistributedContext, device: torch.device) -> di
     cfg = with_scaled_solver(cfg)
     output_dir = Path(broadcast_from_main(str(resolve_output_dir(cfg)) if ctx.is_main else None))
     resume = find_resume_checkpoint(cfg.train.get("resume", False), output_dir)
-    seed_everything(int(cfg.seed) + ctx.rank)
+    rng.seed_everything(int(cfg.seed) + ctx.rank)
     if ctx.is_main:
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         remove_stale_temporaries(output_dir)
@@ -324,7 +255,7 @@ def build_hooks(
 
     def evaluate(iteration: int) -> dict[str, Any]:
         out = output_dir if iteration >= max_iter else output_dir / "eval" / f"{iteration:07d}"
-        return evaluate_on_val(cfg, model, device, out if ctx.is_main else None)
+        return validate(cfg, model, device, out)
 
     hooks: list[HookBase] = [IterationTimer(images_per_step=int(cfg.dataloader.batch_size))]
     if cfg.eval.enabled:

@@ -31,7 +31,7 @@ from detector.evaluation.coco_data import (
 )
 from detector.evaluation.coco_engines import ENGINES, EngineOutput, check_engine, run_engine
 from detector.evaluation.outputs import check_batch, image_detections
-from detector.evaluation.tables import format_number, format_table
+from detector.utils.tables import format_number, format_table
 
 STAT_NAMES: list[str] = [
     "AP", "AP50", "AP75", "APs", "APm", "APl",

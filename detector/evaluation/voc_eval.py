@@ -38,7 +38,6 @@ from detector.evaluation.outputs import (
     image_detections,
     to_numpy,
 )
-from detector.evaluation.tables import format_number, format_table
 from detector.evaluation.voc_io import (
     VOCDetections,
     VOCObject,
@@ -47,6 +46,7 @@ from detector.evaluation.voc_io import (
     read_voc_results_file,
     write_voc_results_file,
 )
+from detector.utils.tables import format_number, format_table
 
 __all__ = [
     "ClassGroundTruth",

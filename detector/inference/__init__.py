@@ -1,9 +1,9 @@
-"""Test-time components: wrappers with the detector's interface built around a trained model.
+"""Test-time components: config-free wrappers with the detector's interface.
 
-Pure functions: :func:`~detector.inference.box_voting.box_voting`,
-:func:`~detector.inference.wbf.weighted_boxes_fusion`,
-:func:`~detector.inference.scale_selection.select_scale_pairs`,
-:func:`~detector.inference.scale_selection.maxout_pool`. Wrappers: ``box_refinement``,
-``multiscale_paper``, ``multiscale_flip``, ``ensemble``; ``build.build_test_model`` composes
-them from the ``test`` and ``ensemble`` config groups (see docs/tricks.md).
+Wrappers built around a trained (staged) detector: :mod:`box_refinement`,
+:mod:`multiscale_paper`, :mod:`multiscale_flip`, :mod:`ensemble`; pure functions:
+:mod:`scale_selection` (SPP-net scale pairs, maxout), :mod:`resize` (test-time geometry),
+:mod:`wbf` (weighted boxes fusion via ``ensemble-boxes``). Post-processing and box voting are
+the detector's own (:mod:`detector.modeling.postprocess`). The ``test`` and ``ensemble``
+config groups are turned into these modules by :func:`detector.engine.build.build_test_model`.
 """

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from detector.inference.merge import flatten_predictions, nms_merge
-from detector.inference.staged import Detections, require_staged
 from detector.modeling.box_ops import clip_boxes_to_image
+from detector.modeling.postprocess import Detections, detections_from_predictions
+from detector.modeling.staged import require_staged
 
 
 def top_class_boxes(probs: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -92,15 +92,15 @@ class BoxRefinement(nn.Module):
         feats = self.model.features(inputs)
         proposals, _ = self.model.proposals(inputs, feats)
         probs, boxes = self.refine(feats, proposals, inputs.image_sizes)
-        out = []
-        for p, b, size in zip(probs, boxes, inputs.image_sizes):
-            cand = flatten_predictions(p, b, size, score_thresh=self.score_thresh)
-            out.append(
-                nms_merge(
-                    *cand,
-                    nms_thresh=self.nms_thresh,
-                    vote_thresh=self.vote_thresh,
-                    max_detections=self.detections_per_img,
-                )
+        return [
+            detections_from_predictions(
+                p,
+                b,
+                size,
+                score_thresh=self.score_thresh,
+                nms_thresh=self.nms_thresh,
+                max_detections=self.detections_per_img,
+                vote_thresh=self.vote_thresh,
             )
-        return out
+            for p, b, size in zip(probs, boxes, inputs.image_sizes)
+        ]

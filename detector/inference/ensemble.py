@@ -3,31 +3,29 @@
 * :class:`ProposalEnsemble` is the ResNet paper's (appendix B): the union of every member's RPN
   proposals (each member's proposals are already after its own NMS) is scored by every member's
   per-region head; class probabilities and class-specific boxes are averaged over the members and
-  post-processed by the first member. It is a staged detector, so box refinement runs on top of
-  it and its members may be multi-scale wrappers. Members must see the same images (same test
-  scale) and predict the same classes.
-* :class:`WBFEnsemble` fuses the members' final detections with weighted boxes fusion, for
-  models that cannot share proposals.
-* :func:`load_trained` / :func:`load_member` rebuild a model from a checkpoint and the config
-  saved with its run.
+  post-processed by the first member. It is a staged detector with the pooling seam (its pool
+  is the list of its members' pools), so box refinement runs on top of it, its members may be
+  multi-scale wrappers, and a multi-scale wrapper may wrap it. Members must see the same images
+  (same test scale) and predict the same classes.
+* :class:`WBFEnsemble` fuses the members' final detections with weighted boxes fusion
+  (:mod:`detector.inference.wbf`), for models that cannot share proposals.
+
+Members are built models; :func:`detector.engine.build.build_test_model` loads them from
+their runs.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from detector.inference.staged import Detections, require_staged, staged_inference
 from detector.inference.wbf import weighted_boxes_fusion
-
-logger = logging.getLogger(__name__)
+from detector.modeling.postprocess import Detections
+from detector.modeling.staged import Pool, require_staged, staged_inference
 
 
 @dataclass
@@ -79,11 +77,29 @@ class ProposalEnsemble(nn.Module):
         ]
         return [torch.cat(props) for props in zip(*per_member)], {}
 
+    def pooler(self, features: list[Any], image_sizes: list[tuple[int, int]]) -> list[Pool]:
+        """One pool per member (each member's default pool on its own features)."""
+        return [m.pooler(f, image_sizes) for m, f in zip(self.members, features)]
+
     def predict(
-        self, features: list[Any], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        features: list[Any],
+        boxes: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        *,
+        pool: Sequence[Pool] | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Member-averaged probs (R_i, K+1) and class-specific boxes (R_i, K+1, 4)."""
-        outs = [m.predict(f, boxes, image_sizes) for m, f in zip(self.members, features)]
+        """Member-averaged probs (R_i, K+1) and class-specific boxes (R_i, K+1, 4); ``pool``:
+        one pool per member (default: each member's own)."""
+        if pool is None:
+            outs = [m.predict(f, boxes, image_sizes) for m, f in zip(self.members, features)]
+        else:
+            if len(pool) != len(self.members):
+                raise ValueError(f"{len(pool)} pools for {len(self.members)} ensemble members")
+            outs = [
+                m.predict(f, boxes, image_sizes, pool=p)
+                for m, f, p in zip(self.members, features, pool)
+            ]
         n = float(len(outs))
         probs = [sum(ps) / n for ps in zip(*(o[0] for o in outs))]
         pred = [sum(bs) / n for bs in zip(*(o[1] for o in outs))]
@@ -131,11 +147,12 @@ class WBFEnsemble(nn.Module):
     def forward(self, images: Sequence[Tensor]) -> Detections:
         per_member = [m(images) for m in self.members]
         out = []
-        for dets in zip(*per_member):
+        for image, dets in zip(images, zip(*per_member)):
             boxes, scores, labels = weighted_boxes_fusion(
                 [d["boxes"] for d in dets],
                 [d["scores"] for d in dets],
                 [d["labels"] for d in dets],
+                image_size=(int(image.shape[-2]), int(image.shape[-1])),
                 weights=self.weights,
                 iou_thresh=self.iou_thresh,
                 skip_score=self.skip_score,
@@ -143,38 +160,3 @@ class WBFEnsemble(nn.Module):
             k = self.detections_per_img
             out.append({"boxes": boxes[:k], "scores": scores[:k], "labels": labels[:k]})
         return out
-
-
-def load_trained(
-    checkpoint: str | Path, *, device: torch.device
-) -> tuple[nn.Module, DictConfig, Path]:
-    """(model in eval mode on ``device``, its saved run config, checkpoint file) for a run dir
-    or ``.pth`` file; the model is rebuilt from the config saved with the run."""
-    # imported here: detector.engine.train imports this package to build test models
-    from detector.engine.checkpoint import (
-        load_checkpoint,
-        load_model_weights,
-        resolve_checkpoint_path,
-    )
-    from detector.engine.evaluate import load_run_config
-    from detector.engine.train import build_model
-
-    path = resolve_checkpoint_path(str(checkpoint))
-    ckpt = load_checkpoint(path)
-    run_cfg = load_run_config(path, ckpt)
-    model = build_model(run_cfg, device)
-    load_model_weights(model, ckpt["model"], source=str(path))
-    return model.eval(), run_cfg, path
-
-
-def load_member(checkpoint: str | Path, *, device: torch.device, num_classes: int) -> nn.Module:
-    """A trained detector rebuilt from ``checkpoint`` (see :func:`load_trained`); it must
-    predict ``num_classes`` classes."""
-    model, run_cfg, path = load_trained(checkpoint, device=device)
-    if model.num_classes != num_classes:
-        raise ValueError(
-            f"ensemble member {path} predicts {model.num_classes} classes, the evaluated model "
-            f"{num_classes}"
-        )
-    logger.info("ensemble member %s (%s)", path, run_cfg.model.net.roi_heads.get("_target_"))
-    return model

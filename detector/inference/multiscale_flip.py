@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from detector.inference.merge import concat_detections, nms_merge
 from detector.inference.resize import box_scale, hflip_boxes, resize_image
-from detector.inference.staged import Detections
+from detector.modeling.postprocess import Detections, concat_detections, select_detections
 
 MERGE_MODES = ("nms", "vote")
 
@@ -79,7 +78,7 @@ class MultiScaleFlip(nn.Module):
         per_view = self.views(images)
         vote = self.vote_thresh if self.merge == "vote" else None
         return [
-            nms_merge(
+            select_detections(
                 *concat_detections([view[i] for view in per_view]),
                 nms_thresh=self.nms_thresh,
                 vote_thresh=vote,

@@ -9,18 +9,22 @@ The wrapper is itself a staged detector, so box refinement and the proposal-shar
 run on top of it. The pyramid is made by resizing the image the wrapper is given (the dataset's
 test-scale image), not the original file.
 
-A head that pools more than the RoIs (global context adds the whole-image box) says so with
-``rois_to_pool(boxes, image_sizes)`` and ``features_from_pooled_rois(pooled, boxes)``. With
-``context_scale="pyramid"`` (default) those extra boxes go through the same scale choice and
-maxout as any RoI; with ``"test"`` they are pooled once, on the test-scale features, as in
-training (the SPP-net rule sends a whole-image box to the small end of the pyramid, a view a
-single-scale model never saw; docs/ablation_synthetic.md).
+The wrapper plugs into the detector's pooling seam (:mod:`detector.modeling.staged`): its
+``predict`` hands the wrapped model's ``predict`` a pool that pools every region the head asks
+for on the pyramid, so it works with any head that pools through the seam (plain, global
+context) and around a proposal ensemble (one pyramid pool per member). A global-context head
+asks for the whole-image box with ``whole_image=True``: with ``context_scale="pyramid"``
+(default) it goes through the same scale choice and maxout as any RoI; with ``"test"`` it is
+pooled once, on the test-scale features, as in training (the SPP-net rule sends a whole-image
+box to the small end of the pyramid, a view a single-scale model never saw;
+docs/ablation_synthetic.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +33,8 @@ from torchvision.ops import box_area
 
 from detector.inference.resize import box_scale, resize_image
 from detector.inference.scale_selection import maxout_pool, select_scale_pairs
-from detector.inference.staged import Detections, staged_inference
+from detector.modeling.postprocess import Detections
+from detector.modeling.staged import Pool, PoolingDetector, require_staged, staged_inference
 
 
 @dataclass
@@ -58,18 +63,84 @@ class PyramidFeatures:
 CONTEXT_SCALES = ("pyramid", "test")
 
 
+class PyramidPool:
+    """A :data:`~detector.modeling.staged.Pool` over an image pyramid: each box is pooled at
+    its two SPP-net scales (``level_pools``, one per level, taking boxes in that level's
+    coordinates) and the two maps are merged by element-wise max; whole-image boxes go to
+    ``base_pool`` instead when ``context_scale == "test"``."""
+
+    def __init__(
+        self,
+        *,
+        level_pools: Sequence[Pool],
+        base_pool: Pool,
+        base_sizes: list[tuple[int, int]],
+        level_sizes: list[list[tuple[int, int]]],
+        target_size: float,
+        context_scale: str,
+    ) -> None:
+        self.level_pools = list(level_pools)
+        self.base_pool = base_pool
+        self.base_sizes = base_sizes
+        self.level_sizes = level_sizes
+        self.target_size = target_size
+        self.context_scale = context_scale
+
+    def scale_pairs(self, boxes: list[Tensor]) -> Tensor:
+        """(sum R_i, 2) pyramid level indices of every box (SPP-net rule, image by image)."""
+        pairs = []
+        for i, b in enumerate(boxes):
+            h, w = self.base_sizes[i]
+            factors = [(lvl[i][0] * lvl[i][1] / (h * w)) ** 0.5 for lvl in self.level_sizes]
+            pairs.append(
+                select_scale_pairs(box_area(b), torch.tensor(factors), target_size=self.target_size)
+            )
+        return torch.cat(pairs).to(boxes[0].device)
+
+    def __call__(self, boxes: list[Tensor], whole_image: bool = False) -> Tensor:
+        """Maxout-pooled maps (sum R_i, C, S, S) of per-image test-scale ``boxes``."""
+        if whole_image and self.context_scale == "test":
+            return self.base_pool(boxes, whole_image=True)
+        all_boxes = torch.cat(boxes)
+        image_of = torch.cat(
+            [torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]
+        ).to(all_boxes.device)
+
+        def pool_at_scale(s: int, idx: Tensor) -> Tensor:
+            sizes = self.level_sizes[s]
+            per_image = []
+            for i in range(len(boxes)):
+                chosen = all_boxes[idx[image_of[idx] == i]]
+                per_image.append(chosen * box_scale(self.base_sizes[i], sizes[i], chosen))
+            return self.level_pools[s](per_image, whole_image=whole_image)
+
+        return maxout_pool(self.scale_pairs(boxes), pool_at_scale)
+
+
+def pyramid_pool(
+    level_pools: Sequence[Any], base_pool: Any, **options: Any
+) -> PyramidPool | list[Any]:
+    """:class:`PyramidPool` over the model's per-level pools; for a proposal ensemble, whose
+    pool is one pool per member, a list of one pyramid pool per member."""
+    if isinstance(base_pool, list):
+        return [
+            pyramid_pool([level[m] for level in level_pools], member, **options)
+            for m, member in enumerate(base_pool)
+        ]
+    return PyramidPool(level_pools=level_pools, base_pool=base_pool, **options)
+
+
 class MultiScaleMaxout(nn.Module):
     """Staged detector: RPN at the test scale, per-RoI maxout over two pyramid scales.
 
     Args:
-        model: a trained FasterRCNN (its ``roi_heads`` provides ``box_roi_pool``,
-            ``features_from_pooled``, ``box_predictor`` and ``decode``).
+        model: a staged detector with the pooling seam (``pooler`` and ``predict(...,
+            pool=...)``): a FasterRCNN or a proposal ensemble.
         scales: pyramid shorter sides in pixels, strictly increasing (paper: 200..1000).
         max_size: cap on the longer side of a pyramid level (``None``: no cap).
         target_size: SPP-net's target RoI side (224: "closest to 224 x 224 pixels").
-        context_scale: where a head's extra boxes (global context's whole image) are pooled:
-            ``"pyramid"`` (scale choice + maxout, like every RoI) or ``"test"`` (the test-scale
-            features only).
+        context_scale: where whole-image boxes (global context) are pooled: ``"pyramid"``
+            (scale choice + maxout, like every RoI) or ``"test"`` (the test-scale features).
     """
 
     def __init__(
@@ -90,13 +161,7 @@ class MultiScaleMaxout(nn.Module):
         scales = [int(s) for s in scales]
         if not scales or any(b <= a for a, b in zip(scales, scales[1:])) or min(scales) <= 0:
             raise ValueError(f"scales must be positive and strictly increasing, got {scales}")
-        for name in ("roi_heads", "preprocess", "features", "proposals", "postprocess"):
-            if not hasattr(model, name):
-                raise TypeError(
-                    f"multi-scale testing (paper) needs a FasterRCNN-like model with "
-                    f"{name!r}; got {type(model).__name__}"
-                )
-        self.model = model
+        self.model = require_staged(model, "multi-scale testing (paper)", PoolingDetector)
         self.scales = scales
         self.max_size = max_size
         self.target_size = float(target_size)
@@ -116,11 +181,10 @@ class MultiScaleMaxout(nn.Module):
 
     def features(self, images: PyramidImages) -> PyramidFeatures:
         base = self.model.features(images.base)
-        levels = []
-        for level in images.levels:
-            same = level.image_sizes == images.base.image_sizes
-            same = same and level.tensors.shape == images.base.tensors.shape
-            levels.append(base if same else self.model.features(level))
+        levels = [
+            base if level.image_sizes == images.base.image_sizes else self.model.features(level)
+            for level in images.levels
+        ]
         return PyramidFeatures(
             base=base,
             levels=levels,
@@ -131,24 +195,28 @@ class MultiScaleMaxout(nn.Module):
     def proposals(self, images: PyramidImages, features: PyramidFeatures, targets=None):
         return self.model.proposals(images.base, features.base, targets)
 
+    def pooler(self, features: PyramidFeatures, image_sizes: list[tuple[int, int]]) -> Any:
+        """The pyramid pool (see :func:`pyramid_pool`) of ``features``."""
+        return pyramid_pool(
+            [self.model.pooler(f, s) for f, s in zip(features.levels, features.level_sizes)],
+            self.model.pooler(features.base, features.base_sizes),
+            base_sizes=features.base_sizes,
+            level_sizes=features.level_sizes,
+            target_size=self.target_size,
+            context_scale=self.context_scale,
+        )
+
     def predict(
-        self, features: PyramidFeatures, boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        features: PyramidFeatures,
+        boxes: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        *,
+        pool: Any = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Per image probs (R_i, K+1) and boxes (R_i, K+1, 4) in test-scale coordinates."""
-        head = self.model.roi_heads
-        to_pool = getattr(head, "rois_to_pool", None)
-        pool_boxes = to_pool(boxes, image_sizes) if to_pool is not None else list(boxes)
-        if to_pool is not None and self.context_scale == "test":
-            pooled = self.pool_extra_at_test_scale(features, list(boxes), pool_boxes)
-        else:
-            pooled = self.pool(features, pool_boxes)
-        from_pooled = getattr(head, "features_from_pooled_rois", None)
-        if from_pooled is not None:
-            region = from_pooled(pooled, boxes)
-        else:
-            region = head.features_from_pooled(pooled)
-        logits, deltas = head.box_predictor(region)
-        return head.decode(logits, deltas, boxes)
+        pool = self.pooler(features, image_sizes) if pool is None else pool
+        return self.model.predict(features.base, boxes, image_sizes, pool=pool)
 
     def postprocess(
         self, probs: list[Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
@@ -157,50 +225,3 @@ class MultiScaleMaxout(nn.Module):
 
     def forward(self, images: Sequence[Tensor]) -> Detections:
         return staged_inference(self, images)
-
-    # ----------------------------------------------------------------- pooling
-    def scale_pairs(self, features: PyramidFeatures, boxes: list[Tensor]) -> Tensor:
-        """(sum R_i, 2) pyramid level indices of every box (SPP-net rule, image by image)."""
-        pairs = []
-        for i, b in enumerate(boxes):
-            h, w = features.base_sizes[i]
-            factors = [(lvl[i][0] * lvl[i][1] / (h * w)) ** 0.5 for lvl in features.level_sizes]
-            pairs.append(
-                select_scale_pairs(box_area(b), torch.tensor(factors), target_size=self.target_size)
-            )
-        return torch.cat(pairs).to(boxes[0].device)
-
-    def pool(self, features: PyramidFeatures, boxes: list[Tensor]) -> Tensor:
-        """Maxout-pooled maps (sum R_i, C, S, S) of per-image test-scale ``boxes``."""
-        all_boxes = torch.cat(boxes)
-        image_of = torch.cat(
-            [torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)]
-        ).to(all_boxes.device)
-
-        def pool_at_scale(s: int, idx: Tensor) -> Tensor:
-            sizes = features.level_sizes[s]
-            per_image = []
-            for i in range(len(boxes)):
-                chosen = all_boxes[idx[image_of[idx] == i]]
-                per_image.append(chosen * box_scale(features.base_sizes[i], sizes[i], chosen))
-            return self.model.roi_heads.box_roi_pool(features.levels[s], per_image, sizes)
-
-        return maxout_pool(self.scale_pairs(features, boxes), pool_at_scale)
-
-    def pool_extra_at_test_scale(
-        self, features: PyramidFeatures, boxes: list[Tensor], pool_boxes: list[Tensor]
-    ) -> Tensor:
-        """Pooled maps in ``pool_boxes`` order: each image's RoIs (scale pairs + maxout), then
-        the boxes the head appended to them (pooled on the test-scale features)."""
-        for b, p in zip(boxes, pool_boxes):
-            if len(p) < len(b) or not torch.equal(p[: len(b)], b.to(p.dtype)):
-                raise ValueError("rois_to_pool must return each image's RoIs first")
-        extra = [p[len(b) :] for b, p in zip(boxes, pool_boxes)]
-        rois = self.pool(features, boxes)
-        head_pool = self.model.roi_heads.box_roi_pool
-        more = head_pool(features.base, extra, features.base_sizes)
-        pieces, r, e = [], 0, 0
-        for b, x in zip(boxes, extra):
-            pieces += [rois[r : r + len(b)], more[e : e + len(x)]]
-            r, e = r + len(b), e + len(x)
-        return torch.cat(pieces)

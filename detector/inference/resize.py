@@ -1,4 +1,5 @@
-"""Image and box geometry for test-time resizing and flipping (pure functions)."""
+"""Image and box geometry for test-time resizing and flipping, and for mapping detections back
+to the original image (pure functions)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,16 @@ def hflip_boxes(boxes: Tensor, width: int) -> Tensor:
     return boxes[:, [2, 1, 0, 3]] * boxes.new_tensor([-1.0, 1.0, -1.0, 1.0]) + boxes.new_tensor(
         [float(width), 0.0, float(width), 0.0]
     )
+
+
+def rescale_detections(
+    det: dict[str, Tensor], input_size: tuple[int, int], orig_size: tuple[int, int]
+) -> dict[str, Tensor]:
+    """Map detection boxes from the (resized) network input of ``input_size`` (H, W) back to
+    the original image's ``orig_size`` pixels, clipped to it."""
+    (h, w), (h0, w0) = input_size, orig_size
+    scale = det["boxes"].new_tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+    boxes = det["boxes"] * scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w0)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h0)
+    return {**det, "boxes": boxes}

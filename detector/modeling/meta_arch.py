@@ -4,7 +4,8 @@ Stages, used by the training step and by every test-time trick:
   ``preprocess(images)`` -> ImageList (normalised, zero-padded to the size divisibility)
   ``features(image_list)`` -> dict of feature maps
   ``proposals(image_list, features, targets=None)`` -> (list of (P_i, 4) boxes, rpn losses)
-  ``predict(features, boxes, image_sizes)`` -> per image probs (R_i, K+1), boxes (R_i, K+1, 4)
+  ``predict(features, boxes, image_sizes, pool=None)`` -> per image probs (R_i, K+1), boxes
+  (R_i, K+1, 4); ``pooler(features, image_sizes)`` is the default pool (the pooling seam)
   ``postprocess(probs, boxes, image_sizes)`` -> detections per image
 All boxes are xyxy in the coordinates of the images given to ``forward``.
 """
@@ -19,7 +20,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from detector.modeling.roi_heads.base import Detections, StandardRoIHeads
+from detector.modeling.postprocess import Detections
+from detector.modeling.roi_heads.base import StandardRoIHeads
+from detector.modeling.staged import Pool, staged_inference
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,10 +96,19 @@ class FasterRCNN(nn.Module):
         boxes, losses = self.rpn(images, features, targets)
         return boxes, {_RPN_LOSS_NAMES[k]: v for k, v in losses.items()}
 
+    def pooler(self, features: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> Pool:
+        """The pool ``predict`` uses by default (the per-region head's RoI pooling)."""
+        return self.roi_heads.pooler(features, image_sizes)
+
     def predict(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        *,
+        pool: Pool | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        return self.roi_heads.predict(features, boxes, image_sizes)
+        return self.roi_heads.predict(features, boxes, image_sizes, pool=pool)
 
     def postprocess(
         self, probs: list[Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
@@ -121,11 +133,7 @@ class FasterRCNN(nn.Module):
         return losses
 
     def inference(self, images: Sequence[Tensor]) -> Detections:
-        image_list = self.preprocess(images)
-        feats = self.features(image_list)
-        proposals, _ = self.proposals(image_list, feats)
-        probs, boxes = self.predict(feats, proposals, image_list.image_sizes)
-        return self.postprocess(probs, boxes, image_list.image_sizes)
+        return staged_inference(self, images)
 
 
 def _check_targets(targets: list[dict[str, Tensor]], num_classes: int) -> None:

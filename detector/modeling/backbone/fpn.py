@@ -10,7 +10,8 @@ from torchvision.models import resnet as tv_resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from detector.modeling.backbone.resnet import freeze_stages, resnet_out_channels
+from detector.modeling.backbone.channels import resnet_out_channels
+from detector.modeling.backbone.resnet import freeze_stages
 
 
 def build_resnet_fpn_backbone(

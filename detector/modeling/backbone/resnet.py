@@ -17,6 +17,8 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.ops import FrozenBatchNorm2d
 
+from detector.modeling.backbone.channels import check_depth, resnet_out_channels
+
 logger = logging.getLogger(__name__)
 
 _BUILDERS: dict[int, Callable[..., tv_resnet.ResNet]] = {
@@ -54,20 +56,6 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
     raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
 
 
-def resnet_out_channels(depth: int) -> dict[str, int]:
-    """Output channels of res2..res5 for a ResNet depth (BasicBlock for 18/34)."""
-    _check_depth(depth)
-    expansion = 1 if depth in (18, 34) else 4
-    return {f"res{i + 2}": 64 * 2**i * expansion for i in range(4)}
-
-
-def _check_depth(depth: int) -> None:
-    if depth not in _BUILDERS:
-        raise ValueError(
-            f"unknown ResNet depth {depth!r}; allowed: {', '.join(map(str, _BUILDERS))}"
-        )
-
-
 def imagenet_cache_path(depth: int) -> Path:
     """Where torch's hub cache keeps the torchvision ImageNet weights for ``depth``."""
     url = _WEIGHTS[depth].url
@@ -89,32 +77,47 @@ def _load_imagenet_state(depth: int) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def _load_weights(trunk: nn.Module, weights: str, depth: int) -> None:
+def _read_weights(weights: str, depth: int) -> tuple[dict[str, torch.Tensor], str]:
+    """``(state dict of a whole torchvision ResNet, a description of its source)``."""
     if weights == "imagenet":
-        state = _load_imagenet_state(depth)
-        source = f"torchvision ImageNet weights for ResNet-{depth}"
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"backbone weights file {str(path)!r} does not exist; "
-                "use weights=null, weights=imagenet or a path to a .pth state dict"
-            )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        source = str(path)
-    result = trunk.load_state_dict(state, strict=False)
-    expected_unused = {"fc.weight", "fc.bias"}
-    unexpected = [k for k in result.unexpected_keys if k not in expected_unused]
-    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
-    logger.info("loaded backbone weights from %s", source)
-    if missing:
-        logger.warning("backbone weights %s: %d missing keys: %s", source, len(missing), missing)
-    if unexpected:
-        logger.warning(
-            "backbone weights %s: %d unexpected keys: %s", source, len(unexpected), unexpected
+        return _load_imagenet_state(depth), f"torchvision ImageNet weights for ResNet-{depth}"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone weights file {str(path)!r} does not exist; "
+            "use weights=null, weights=imagenet or a path to a .pth state dict"
         )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return state, str(path)
+
+
+def _has_weights(weights: str | None) -> bool:
+    return weights is not None and str(weights).lower() not in ("none", "null", "")
+
+
+def _load_weights(
+    module: nn.Module,
+    weights: str,
+    depth: int,
+    *,
+    prefix: str = "",
+    ignored: set[str] = frozenset(),
+) -> None:
+    """Load the ResNet weights under ``prefix`` (e.g. ``layer4.``) into ``module``; missing and
+    unexpected keys (except ``ignored`` ones and BN counters) are logged."""
+    state, source = _read_weights(weights, depth)
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    result = module.load_state_dict(state, strict=False)
+    unexpected = [k for k in result.unexpected_keys if k not in ignored]
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    logger.info("loaded %sweights from %s", prefix or "backbone ", source)
+    if missing:
+        logger.warning("weights %s: %d missing keys: %s", source, len(missing), missing)
+    if unexpected:
+        logger.warning("weights %s: %d unexpected keys: %s", source, len(unexpected), unexpected)
 
 
 def build_resnet_trunk(
@@ -128,10 +131,10 @@ def build_resnet_trunk(
         weights: ``None`` for random init, ``"imagenet"`` for torchvision's weights enum (local
             torch cache first, download when online), or a path to a local ``.pth`` state dict.
     """
-    _check_depth(depth)
+    check_depth(depth)
     trunk = _BUILDERS[depth](weights=None, norm_layer=_norm_layer(norm))
-    if weights is not None and str(weights).lower() not in ("none", "null", ""):
-        _load_weights(trunk, str(weights), depth)
+    if _has_weights(weights):
+        _load_weights(trunk, str(weights), depth, ignored={"fc.weight", "fc.bias"})
     trunk.fc = nn.Identity()
     trunk.avgpool = nn.Identity()
     return trunk
@@ -204,12 +207,42 @@ class ResNetC4Backbone(nn.Module):
         return {"res4": x}
 
 
+#: Blocks per stage (res2..res5) of each depth, as torchvision builds them.
+STAGE_BLOCKS: dict[int, tuple[int, int, int, int]] = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+
+
 def build_res5(
     *, depth: int, norm: str = "frozen_bn", weights: str | None = None, freeze: bool = False
 ) -> nn.Sequential:
-    """The res5 stage (first block stride 2) of a ResNet, used as the C4 per-region head."""
-    trunk = build_resnet_trunk(depth=depth, norm=norm, weights=weights)
-    res5 = trunk.layer4
+    """The res5 stage of a ResNet alone (first block stride 2), the C4 per-region head.
+
+    Built block by block as torchvision's ``layer4`` (same module names and initialisation,
+    so ``weights`` load from a whole-ResNet state dict's ``layer4.*`` keys), without building
+    the rest of a trunk.
+    """
+    check_depth(depth)
+    block = tv_resnet.BasicBlock if depth in (18, 34) else tv_resnet.Bottleneck
+    norm_layer = _norm_layer(norm)
+    inplanes, planes = resnet_out_channels(depth)["res4"], 512
+    out = planes * block.expansion
+    downsample = nn.Sequential(tv_resnet.conv1x1(inplanes, out, 2), norm_layer(out))
+    blocks = [block(inplanes, planes, 2, downsample, norm_layer=norm_layer)]
+    blocks += [block(out, planes, norm_layer=norm_layer) for _ in range(STAGE_BLOCKS[depth][3] - 1)]
+    res5 = nn.Sequential(*blocks)
+    for m in res5.modules():  # torchvision's ResNet initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    if _has_weights(weights):
+        _load_weights(res5, str(weights), depth, prefix="layer4.")
     if freeze:
         res5.requires_grad_(False)
         res5 = convert_to_frozen_bn(res5)

@@ -1,7 +1,9 @@
 """Fast R-CNN per-region head: sampling, prediction, losses and inference as separate stages.
 
 Subclasses change how a region's feature is computed (C4's res5, FPN's two-layer MLP, global
-context) by passing other ``box_pooler``/``box_head`` modules or overriding ``box_features``.
+context) by passing other ``box_roi_pool``/``box_head`` modules or overriding
+``region_features``, which asks a :data:`~detector.modeling.staged.Pool` for the regions it
+needs (the pooling seam that multi-scale testing plugs into).
 The module names ``box_roi_pool``, ``box_head`` and ``box_predictor`` match torchvision's
 ``RoIHeads`` so checkpoints load across the two.
 """
@@ -14,17 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector.modeling.box_ops import (
-    BalancedPositiveNegativeSampler,
-    BoxCoder,
-    Matcher,
-    batched_nms,
-    box_iou,
-    clip_boxes_to_image,
-    remove_small_boxes,
-)
-
-Detections = list[dict[str, Tensor]]
+from detector.modeling.box_ops import BalancedPositiveNegativeSampler, BoxCoder, Matcher, box_iou
+from detector.modeling.postprocess import Detections, detections_from_predictions
+from detector.modeling.staged import Pool
 
 
 @dataclass
@@ -64,9 +58,10 @@ class StandardRoIHeads(nn.Module):
 
     Stages (all public, reused by the test-time tricks):
       * ``sample_proposals(proposals, targets)`` -> ``SampledProposals`` (training)
-      * ``box_features(features, boxes, image_sizes)`` -> (R, D)
-      * ``box_predictor(box_features)`` -> raw (class_logits, box_deltas)
-      * ``predict(features, boxes, image_sizes)`` -> per image (probs (R_i, K+1),
+      * ``pooler(features, image_sizes)`` -> the default :data:`Pool` over ``box_roi_pool``
+      * ``region_features(boxes, image_sizes, pool)`` -> (R, D)
+      * ``box_predictor(region_features)`` -> raw (class_logits, box_deltas)
+      * ``predict(features, boxes, image_sizes, pool=None)`` -> per image (probs (R_i, K+1),
         pred_boxes (R_i, K+1, 4)) decoded but not clipped
       * ``losses(...)`` and ``postprocess(...)``.
     """
@@ -134,15 +129,25 @@ class StandardRoIHeads(nn.Module):
         return SampledProposals(boxes_out, labels_out, deltas_out)
 
     # ----------------------------------------------------------------- prediction
+    def pooler(self, features: dict[str, Tensor], image_sizes: list[tuple[int, int]]) -> Pool:
+        """The default pool: ``box_roi_pool`` on ``features`` (whole-image boxes alike)."""
+
+        def pool(boxes: list[Tensor], whole_image: bool = False) -> Tensor:
+            return self.box_roi_pool(features, boxes, image_sizes)
+
+        return pool
+
+    def region_features(
+        self, boxes: list[Tensor], image_sizes: list[tuple[int, int]], pool: Pool
+    ) -> Tensor:
+        """Pool each box and run the post-RoI layers: (sum R_i, D)."""
+        return self.box_head(pool(boxes)).flatten(start_dim=1)
+
     def box_features(
         self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
     ) -> Tensor:
-        """Pool each box and run the post-RoI layers: (sum R_i, D)."""
-        return self.features_from_pooled(self.box_roi_pool(features, boxes, image_sizes))
-
-    def features_from_pooled(self, pooled: Tensor) -> Tensor:
-        """Post-RoI layers on already pooled regions (R, C, S, S) -> (R, D)."""
-        return self.box_head(pooled).flatten(start_dim=1)
+        """:meth:`region_features` with the default pool: (sum R_i, D)."""
+        return self.region_features(boxes, image_sizes, self.pooler(features, image_sizes))
 
     def decode(self, class_logits: Tensor, box_deltas: Tensor, boxes: list[Tensor]):
         """Softmax and box decoding, split per image: lists of (R_i, K+1) and (R_i, K+1, 4)."""
@@ -155,10 +160,17 @@ class StandardRoIHeads(nn.Module):
         return list(probs.split(counts)), list(pred.split(counts))
 
     def predict(
-        self, features: dict[str, Tensor], boxes: list[Tensor], image_sizes: list[tuple[int, int]]
+        self,
+        features: dict[str, Tensor],
+        boxes: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        *,
+        pool: Pool | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Score and regress given boxes: per image probs (R_i, K+1), boxes (R_i, K+1, 4)."""
-        logits, deltas = self.box_predictor(self.box_features(features, boxes, image_sizes))
+        """Score and regress given boxes: per image probs (R_i, K+1), boxes (R_i, K+1, 4).
+        ``pool``: how to pool the regions (default :meth:`pooler` on ``features``)."""
+        pool = self.pooler(features, image_sizes) if pool is None else pool
+        logits, deltas = self.box_predictor(self.region_features(boxes, image_sizes, pool))
         return self.decode(logits, deltas, boxes)
 
     # ----------------------------------------------------------------- losses
@@ -203,16 +215,14 @@ class StandardRoIHeads(nn.Module):
     def postprocess_single(
         self, probs: Tensor, boxes: Tensor, image_size: tuple[int, int]
     ) -> dict[str, Tensor]:
-        boxes = clip_boxes_to_image(boxes, image_size)[:, 1:].reshape(-1, 4)
-        num_fg = probs.shape[1] - 1
-        labels = torch.arange(1, num_fg + 1, device=probs.device).repeat(probs.shape[0])
-        scores = probs[:, 1:].reshape(-1)
-        keep = torch.where(scores > self.score_thresh)[0]
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = remove_small_boxes(boxes, min_size=1e-2)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
-        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
+        return detections_from_predictions(
+            probs,
+            boxes,
+            image_size,
+            score_thresh=self.score_thresh,
+            nms_thresh=self.nms_thresh,
+            max_detections=self.detections_per_img,
+        )
 
     def forward(
         self,

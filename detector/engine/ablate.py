@@ -4,7 +4,8 @@ Each row of ``cfg.rows`` names a checkpoint (a key of ``cfg.checkpoints``), a te
 of ``cfg.tests``, the ``test`` group's options composed under other names) and optionally an
 ensemble (a key of ``cfg.ensembles``) with its further ``members``. The row's run config is the
 checkpoint's saved model section under the ablation's dataset, eval, device and dataloader
-settings; it is evaluated by the same ``evaluate_on_val`` as training and ``tools/eval.py``.
+settings; it is evaluated by the same :func:`~detector.engine.validation.validate` as training
+and ``tools/eval.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from detector.inference.ensemble import load_trained
+from detector.engine.build import load_trained, prepare_dataset, resolve_device
+from detector.engine.validation import validate
 
 logger = logging.getLogger(__name__)
 METRICS = ("AP", "AP50", "AP75")
@@ -77,8 +79,6 @@ def slug(name: str) -> str:
 
 def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
     """Evaluate every row; write ``ablation.json`` and ``ablation.md`` into ``output_dir``."""
-    from detector.engine.train import evaluate_on_val, prepare_dataset, resolve_device
-
     device = resolve_device(str(cfg.device))
     prepare_dataset(cfg)
     results: list[dict[str, Any]] = []
@@ -96,13 +96,14 @@ def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
             logger.info("skipping row %r: %s", row["name"], reason)
             results.append({**entry, "skipped": reason})
             continue
-        model, saved, path = load_trained(cfg.checkpoints[row["checkpoint"]], device=device)
-        run = row_config(cfg, saved, row, path)
+        model, trained = load_trained(cfg.checkpoints[row["checkpoint"]], device=device)
+        path = trained.path
+        run = row_config(cfg, trained.config, row, path)
         logger.info(
             "row %r: %s, test=%s, ensemble=%s", row["name"], path, row["test"], row.get("ensemble")
         )
         with torch.inference_mode():
-            metrics = evaluate_on_val(run, model, device, output_dir / "rows" / slug(row["name"]))
+            metrics = validate(run, model, device, output_dir / "rows" / slug(row["name"]))
         entry.update({k: metrics.get(k) for k in METRICS})
         entry["seconds_per_image"] = metrics.get("seconds_per_image")
         entry["num_images"] = metrics.get("num_images")

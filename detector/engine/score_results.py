@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from detector.data.voc import read_split
-from detector.engine.inference import evaluation_options
+from detector.engine.validation import evaluation_options
 from detector.evaluation.coco_data import load_coco_gt, read_json
 from detector.evaluation.coco_eval import evaluate_coco
 from detector.evaluation.dataset_eval import (
