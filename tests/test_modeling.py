@@ -6,10 +6,13 @@ import pytest
 import torch
 from torch import nn
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FrozenBatchNorm2d
 
-from detector.modeling.backbone.resnet import build_resnet_trunk, freeze_stages
+from detector.modeling.backbone import resnet as resnet_module
+from detector.modeling.backbone.resnet import build_res5, build_resnet_trunk, freeze_stages
 from detector.modeling.meta_arch import FasterRCNN
+from detector.modeling.rpn import build_rpn
 from tests.helpers import build_model_from_config
 
 
@@ -210,3 +213,43 @@ def test_freeze_at_converts_trainable_bn_in_frozen_stages():
 
 def test_model_type():
     assert isinstance(build_model_from_config("faster_rcnn_r18_c4", num_classes=2), FasterRCNN)
+
+
+def test_rpn_head_anchor_count_is_derived_from_the_generator():
+    """C4: all sizes x ratios on one level; FPN: one size per level x the ratios. Nothing in
+    the YAML states the count, so changing the anchor lists cannot desynchronise the head."""
+    c4 = build_model_from_config(
+        "faster_rcnn_r18_c4", num_classes=2, overrides={"model.anchor_sizes": [32, 64]}
+    )
+    assert c4.rpn.head.cls_logits.out_channels == 2 * 3
+    fpn = build_model_from_config(
+        "faster_rcnn_r50_fpn", num_classes=2, overrides={"model.aspect_ratios": [1.0]}
+    )
+    assert fpn.rpn.head.cls_logits.out_channels == 1
+    uneven = AnchorGenerator(sizes=((16,), (32, 64)), aspect_ratios=((1.0,), (1.0,)))
+    with pytest.raises(ValueError, match="same count on every level"):
+        build_rpn(
+            anchor_generator=uneven,
+            in_channels=8,
+            pre_nms_top_n={"training": 10, "testing": 10},
+            post_nms_top_n={"training": 10, "testing": 10},
+        )
+
+
+def test_res5_is_built_alone_and_loads_layer4_weights(tmp_path, monkeypatch):
+    trunk = build_resnet_trunk(depth=18, norm="frozen_bn")
+    torch.save(trunk.state_dict(), tmp_path / "r18.pth")
+
+    def no_trunk(*args, **kwargs):
+        raise AssertionError("build_res5 built a whole ResNet")
+
+    monkeypatch.setattr(resnet_module, "build_resnet_trunk", no_trunk)
+    for name in ("resnet18", "resnet50"):
+        monkeypatch.setattr(resnet_module.tv_resnet, name, no_trunk)
+    res5 = build_res5(depth=18, norm="frozen_bn", weights=str(tmp_path / "r18.pth"))
+    expected = trunk.layer4.state_dict()
+    assert res5.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in res5.state_dict().items())
+    random = build_res5(depth=50, norm="bn")
+    assert random[0].conv1.stride == (1, 1) and random[0].conv2.stride == (2, 2)
+    assert len(random) == 3 and random[-1].conv3.out_channels == 2048

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ from hydra.utils import instantiate
 from torchvision.ops import roi_align
 
 from detector.engine.checkpoint import load_model_weights
+from detector.inference import multiscale_paper
 from detector.inference.box_refinement import BoxRefinement, top_class_boxes
 from detector.inference.ensemble import ProposalEnsemble, WBFEnsemble
 from detector.inference.multiscale_flip import MultiScaleFlip
@@ -313,3 +315,47 @@ def test_fpn_global_context_trains_and_predicts():
     with torch.no_grad():
         det = model.eval()([torch.rand(3, 64, 80)])[0]
     assert det["boxes"].shape[1] == 4
+
+
+# ----------------------------------------------------------------- composition through the seam
+def test_multiscale_wraps_an_ensemble_and_equals_the_ensemble_of_multiscale_members(images, plain):
+    """Both orders make sense and agree: a pyramid pool per member either way."""
+    other = _model(seed=1)
+    with torch.no_grad():
+        outside = MultiScaleMaxout(model=ProposalEnsemble(members=[plain, other]), scales=[64, 96])
+        inside = ProposalEnsemble(
+            members=[
+                MultiScaleMaxout(model=plain, scales=[64, 96]),
+                MultiScaleMaxout(model=other, scales=[64, 96]),
+            ]
+        )
+        got, expected = outside(images), inside(images)
+        single = MultiScaleMaxout(model=plain, scales=[64, 96])(images)
+    _assert_same_detections(got, expected)
+    assert not torch.equal(got[0]["scores"], single[0]["scores"])  # the ensemble did something
+
+
+def test_multiscale_wrapper_uses_only_the_public_seam():
+    """No reaching into the wrapped model: no hasattr/getattr, no roi_heads."""
+    source = inspect.getsource(multiscale_paper)
+    for forbidden in ("hasattr(", "getattr(", "roi_heads", "box_roi_pool", "box_predictor"):
+        assert forbidden not in source, forbidden
+
+
+def test_a_custom_head_following_the_seam_gets_multiscale_pooling(images, plain):
+    """Any head that pools through ``pool`` works under the wrapper: here one that records
+    what it was asked to pool."""
+    asked = []
+    head = plain.roi_heads
+    original = type(head).region_features
+
+    def recording(self, boxes, image_sizes, pool):
+        asked.append(pool)
+        return original(self, boxes, image_sizes, pool)
+
+    boxes = [T([[10.0, 12.0, 50.0, 60.0]])]
+    wrapper = MultiScaleMaxout(model=plain, scales=[96, 192])
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(head), "region_features", recording)
+        wrapper.predict(wrapper.features(wrapper.preprocess(images)), boxes, [(96, 128)])
+    assert len(asked) == 1 and type(asked[0]).__name__ == "PyramidPool"
