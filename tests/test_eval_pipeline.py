@@ -17,9 +17,13 @@ from PIL import Image
 from detector.data.coco import CocoDetection
 from detector.data.voc import VOCDetection
 from detector.engine.score_results import score_results
-from detector.engine.validation import evaluate_model, evaluation_options
+from detector.engine.validation import evaluate_model
 from detector.evaluation.coco_eval import score_coco_results_file
-from detector.evaluation.dataset_eval import DetectionEvaluator, coco_results_to_outputs
+from detector.evaluation.dataset_eval import (
+    DetectionEvaluator,
+    coco_results_to_outputs,
+    evaluation_options,
+)
 from tests.helpers import compose_config, voc_object, write_voc_image
 
 CPU = torch.device("cpu")

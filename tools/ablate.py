@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 import detector  # noqa: F401  (registers the config resolvers)
 from detector.engine.ablate import run_ablation
 from detector.engine.build import resolve_output_dir
+from detector.engine.cli import user_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -22,7 +23,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 @hydra.main(config_path=CONFIG_DIR, config_name="ablate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
-    run_ablation(cfg, resolve_output_dir(cfg))
+    with user_errors():
+        run_ablation(cfg, resolve_output_dir(cfg))
 
 
 if __name__ == "__main__":

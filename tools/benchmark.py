@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from detector.benchmarks.runner import run_benchmarks
 from detector.engine.build import resolve_output_dir
+from detector.engine.cli import user_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -24,7 +25,8 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
     names = [str(n) for n in cfg.run]
     tasks = {n: instantiate(cfg.tasks[n], _convert_="all") for n in names if n in cfg.tasks}
-    run_benchmarks(tasks, names, output_dir=resolve_output_dir(cfg))
+    with user_errors():
+        run_benchmarks(tasks, names, output_dir=resolve_output_dir(cfg))
 
 
 if __name__ == "__main__":

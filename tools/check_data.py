@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 import detector  # noqa: F401  (registers the config resolvers)
 from detector.data.check import check_data
+from detector.engine.cli import user_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -22,7 +23,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 @hydra.main(config_path=CONFIG_DIR, config_name="check_data", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
-    raise SystemExit(check_data(cfg))
+    with user_errors():
+        status = check_data(cfg)
+    raise SystemExit(status)
 
 
 if __name__ == "__main__":

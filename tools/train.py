@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 import detector  # noqa: F401  (registers the config resolvers)
+from detector.engine.cli import user_errors
 from detector.engine.train import train
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -22,7 +23,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
-    train(cfg)
+    with user_errors():
+        train(cfg)
 
 
 if __name__ == "__main__":

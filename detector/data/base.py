@@ -41,6 +41,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from detector.data.class_names import class_name_hints, mismatch_details
+from detector.data.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +104,6 @@ def make_record(
         gt_labels=np.asarray(labels, dtype=np.int64).reshape(-1),
         apply_exif=apply_exif,
     )
-
-
-class DatasetError(ValueError):
-    """A data problem (bad file, bad annotation) raised instead of skipped in strict mode, or
-    a dataset left without any usable image. The message names the file and the reason."""
 
 
 def seen_class_counts(dataset: Any) -> dict[str, int] | None:

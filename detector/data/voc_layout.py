@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from detector.data.base import DatasetError
+from detector.data.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

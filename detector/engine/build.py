@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -83,7 +84,14 @@ def build_dataset(cfg: DictConfig, split: str) -> DetectionDataset:
     ``model.num_classes``."""
     if split not in cfg.dataset or cfg.dataset[split] is None:
         raise ValueError(f"dataset {cfg.dataset.get('name')!r} has no {split!r} split configured")
-    dataset = instantiate(cfg.dataset[split], _convert_="all")
+    try:
+        dataset = instantiate(cfg.dataset[split], _convert_="all")
+    except InstantiationException as err:
+        # the dataset's own error (a missing split file, dirty data) is the message to show
+        if isinstance(err.__cause__, ValueError | OSError):
+            err.__cause__.add_note(f"while building dataset.{split}")
+            raise err.__cause__ from err
+        raise
     expected = int(cfg.model.num_classes)
     if len(dataset.class_names) != expected:
         raise ValueError(

@@ -6,6 +6,11 @@ full disk during a save leaves any previous file at ``path`` intact (and at wors
 
 Names in a run directory: ``model_{iteration:07d}.pth`` (periodic, the last K kept),
 ``model_final.pth`` (end of training), ``model_best.pth`` (best validation metric).
+
+Good: a training checkpoint is written only when every floating-point tensor in its model and
+optimizer states is finite (:func:`non_finite_tensors`), and :func:`last_good_checkpoint` names
+the newest file that passes the same check, so a run stopped by a NaN or an overflowed
+BatchNorm statistic never points at a poisoned file.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +77,45 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         return final
     periodic = periodic_checkpoints(run_dir)
     return periodic[-1][1] if periodic else None
+
+
+def non_finite_tensors(state: Any, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in a nested state (dicts, lists)
+    that hold a NaN or an infinity."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and not bool(torch.isfinite(state).all())
+        return [prefix or "<tensor>"] if bad else []
+    items: list[tuple[Any, Any]] = []
+    if isinstance(state, Mapping):
+        items = list(state.items())
+    elif isinstance(state, Sequence) and not isinstance(state, str | bytes):
+        items = list(enumerate(state))
+    found: list[str] = []
+    for key, value in items:
+        found += non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return found
+
+
+def is_good_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` loads and its model and optimizer states are finite everywhere."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - unreadable means not good
+        return False
+    if not isinstance(data, dict):
+        return False
+    state = data.get("model", data)
+    return not non_finite_tensors({"model": state, "optimizer": data.get("optimizer")})
+
+
+def last_good_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest of ``model_final.pth`` and the periodic checkpoints that
+    :func:`is_good_checkpoint` accepts (None if none does)."""
+    final = Path(run_dir) / FINAL_NAME
+    candidates = ([final] if final.is_file() else []) + [
+        p for _, p in reversed(periodic_checkpoints(run_dir))
+    ]
+    return next((p for p in candidates if is_good_checkpoint(p)), None)
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
@@ -170,7 +215,20 @@ class Checkpointer:
 
     def save(self, name: str, state: dict[str, Any]) -> Path | None:
         """Write ``{**state, "rng": [...], **extra}`` to ``output_dir / name`` atomically;
-        the path on rank 0, ``None`` elsewhere."""
+        the path on rank 0, ``None`` elsewhere.
+
+        Raises:
+            FloatingPointError: a tensor of the model or optimizer state is not finite (the
+                file is not written; an earlier file of that name stays as it was).
+        """
+        bad = non_finite_tensors({"model": state["model"], "optimizer": state.get("optimizer")})
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise FloatingPointError(
+                f"non-finite values after iteration {state.get('iteration')} in "
+                f"{', '.join(bad[:3])}{more}; {name} was not written (a checkpoint is saved "
+                "only when every tensor in it is finite)."
+            )
         rng = gather_to_main(capture_rng_state(self.device))
         if not self.is_main:
             return None

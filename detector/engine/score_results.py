@@ -12,8 +12,11 @@
   devkit AP against the XML files listed in the val split of a VOC-layout dataset (``root``,
   ``split``, ``class_names``); no images needed.
 
-The table is printed and ``metrics.json`` (layout of :mod:`detector.evaluation.dataset_eval`)
-is written to ``cfg.output_dir``, or beside the results when that is null.
+The table is printed and the scores (layout of :mod:`detector.evaluation.dataset_eval`) are
+written to ``<cfg.output_dir>/metrics.json``, or beside the results as
+``<results name>.metrics.json`` when that is null, never over an existing file
+(:func:`scores_path`); the last line printed names the file. This module imports no model
+code: ``tools/eval.py results=...`` starts quickly.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from detector.data.voc import read_split
-from detector.engine.validation import evaluation_options
+from detector.data.voc_layout import split_annotation_files
 from detector.evaluation.coco_data import load_coco_gt, read_json
 from detector.evaluation.coco_eval import evaluate_coco
 from detector.evaluation.dataset_eval import (
     DetectionEvaluator,
     check_eval_type,
     coco_results_to_outputs,
+    evaluation_options,
     format_metrics,
     write_metrics,
 )
@@ -54,9 +57,27 @@ def score_results(cfg: DictConfig) -> dict[str, Any]:
     else:
         metrics = score_coco_json(results, cfg.dataset.val, options)
     print(format_metrics(metrics), flush=True)
-    out = Path(str(cfg.output_dir)) if cfg.get("output_dir") else results.parent
-    logger.info("wrote %s", write_metrics(out / "metrics.json", metrics))
+    path = write_metrics(scores_path(results, cfg.get("output_dir")), metrics)
+    print(f"scores written to {path}", flush=True)
     return metrics
+
+
+def scores_path(results: Path, output_dir: str | None) -> Path:
+    """Where the scores of ``results`` go: ``<output_dir>/metrics.json`` when asked for, else
+    beside the results as ``<results name>.metrics.json`` (a training run's own
+    ``metrics.json`` is never touched); a file already there is kept, and the new one gets
+    the first free ``-2``, ``-3``, ... suffix."""
+    if output_dir:
+        path = Path(str(output_dir)) / "metrics.json"
+    else:
+        path = (
+            results.parent / f"{results.stem if results.is_file() else results.name}.metrics.json"
+        )
+    stem, number = path.name.removesuffix(".json"), 2
+    while path.exists():
+        path = path.with_name(f"{stem}-{number}.json")
+        number += 1
+    return path
 
 
 def score_devkit_files(folder: Path, val: DictConfig, options: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +91,8 @@ def score_devkit_files(folder: Path, val: DictConfig, options: dict[str, Any]) -
         )
     if options["eval_type"] != "voc":
         logger.warning("devkit results files hold no COCO results; scoring the VOC AP only")
-    root = Path(str(val.root))
-    xmls = [root / "Annotations" / f"{name}.xml" for name in read_split(root, str(val.split))]
+    node = OmegaConf.to_container(val, resolve=True)
+    xmls = split_annotation_files(**{k: v for k, v in node.items() if not k.startswith("_")})
     voc = score_voc_results(
         xmls,
         folder,

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from detector.config_checks import check_config
+from detector.data.base import require_boxes
 from detector.data.loader import build_train_loader
 from detector.engine import rng
 from detector.engine.amp import MixedPrecision
@@ -28,12 +29,15 @@ from detector.engine.build import (
     resolve_output_dir,
 )
 from detector.engine.checkpoint import (
+    FINAL_NAME,
     Checkpointer,
+    last_good_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     load_model_weights,
     remove_stale_temporaries,
 )
+from detector.engine.cli import UserError
 from detector.engine.distributed import (
     DistributedContext,
     barrier,
@@ -59,6 +63,10 @@ from detector.engine.writers import PeriodicLogger, ProgressBar, TensorBoardWrit
 from detector.modeling.meta_arch import FasterRCNN
 
 logger = logging.getLogger(__name__)
+
+
+class FinalEvaluationError(UserError):
+    """Training finished and ``model_final.pth`` was written, but the final evaluation failed."""
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -121,7 +129,8 @@ def _train(cfg: DictConfig, ctx: DistributedContext, device: torch.device) -> di
     if not ctx.is_main:
         prepare_dataset(cfg)
     state = load_checkpoint(resume) if resume is not None else None
-    trainer = build_trainer(cfg, ctx, device, output_dir, state)
+    splits = build_splits(cfg)
+    trainer = build_trainer(cfg, ctx, device, output_dir, state, splits)
     if state is not None:
         restore_training_state(trainer, state, cfg, ctx, source=resume)
     logger.info(
@@ -135,15 +144,36 @@ def _train(cfg: DictConfig, ctx: DistributedContext, device: torch.device) -> di
     try:
         metrics = trainer.train()
     except FloatingPointError as err:
-        last = latest_checkpoint(output_dir)
+        last = last_good_checkpoint(output_dir)
         raise FloatingPointError(
-            f"{err} The last good checkpoint is {last or 'none (none was written yet)'}; "
-            "it was not overwritten."
+            f"{err} The last good checkpoint (every tensor finite) is "
+            f"{last or 'none (none was written yet)'}; it was not overwritten."
+        ) from err
+    except Exception as err:
+        final = output_dir / FINAL_NAME
+        if trainer.iter < trainer.max_iter or not final.is_file():
+            raise
+        raise FinalEvaluationError(
+            f"training finished and the model is saved in {final}, but the final evaluation "
+            f"failed: {type(err).__name__}: {err}. Fix the cause, then evaluate the saved "
+            f"model with: python tools/eval.py checkpoint={output_dir}"
         ) from err
     if metrics and "AP" in metrics:
         summary = {k: metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}
         logger.info("final metrics: %s", json.dumps(summary))
     return metrics
+
+
+def build_splits(cfg: DictConfig) -> dict[str, Any]:
+    """Every split the run will use, built (and so checked: split file, annotations, image
+    headers, class names) before the first iteration: ``train``, which must keep at least one
+    box, and ``val`` when an evaluation will run."""
+    splits = {"train": build_dataset(cfg, "train")}
+    require_boxes(splits["train"], "dataset.train")
+    if cfg.eval.enabled:
+        splits["val"] = build_dataset(cfg, "val")
+    logger.info("splits checked: %s", ", ".join(f"{k} {len(v)} images" for k, v in splits.items()))
+    return splits
 
 
 def build_trainer(
@@ -152,10 +182,11 @@ def build_trainer(
     device: torch.device,
     output_dir: Path,
     state: dict[str, Any] | None,
+    splits: dict[str, Any],
 ) -> Trainer:
     """Model (DDP-wrapped when distributed), optimizer, schedule, this rank's data stream
     from the resumed iteration (``state``; not loaded here), hooks and precision."""
-    train_set = build_dataset(cfg, "train")
+    train_set = splits["train"]
     model = build_model(cfg, device)
     if state is None and cfg.model.get("init_checkpoint"):
         ckpt = load_checkpoint(cfg.model.init_checkpoint)
@@ -177,7 +208,7 @@ def build_trainer(
         data=iter(build_rank_loader(cfg, train_set, ctx, start_iter)),
         max_iter=int(cfg.solver.max_iter),
         device=device,
-        hooks=build_hooks(cfg, ctx, model, device, output_dir, extra),
+        hooks=build_hooks(cfg, ctx, model, device, output_dir, extra, splits.get("val")),
         start_iter=start_iter,
         clip_grad_norm=cfg.train.get("clip_grad_norm"),
         precision=MixedPrecision(
@@ -245,8 +276,12 @@ def build_hooks(
     device: torch.device,
     output_dir: Path,
     extra: dict[str, Any],
+    val_set: Any = None,
 ) -> list[HookBase]:
-    """Timer, evaluation, checkpointing (all ranks), then the writers (rank 0)."""
+    """Timer, checkpointing, evaluation (all ranks), then the writers (rank 0).
+
+    The checkpointer comes before the evaluation, so ``model_final.pth`` is on disk before the
+    final evaluation runs (and whatever happens to it)."""
     t = cfg.train
     max_iter = int(cfg.solver.max_iter)
     checkpointer = Checkpointer(
@@ -255,18 +290,18 @@ def build_hooks(
 
     def evaluate(iteration: int) -> dict[str, Any]:
         out = output_dir if iteration >= max_iter else output_dir / "eval" / f"{iteration:07d}"
-        return validate(cfg, model, device, out)
+        return validate(cfg, model, device, out, dataset=val_set)
 
-    hooks: list[HookBase] = [IterationTimer(images_per_step=int(cfg.dataloader.batch_size))]
-    if cfg.eval.enabled:
-        hooks.append(PeriodicEvaluation(evaluate=evaluate, period=int(t.get("eval_period", 0))))
-    hooks.append(
+    hooks: list[HookBase] = [
+        IterationTimer(images_per_step=int(cfg.dataloader.batch_size)),
         PeriodicCheckpointer(
             checkpointer=checkpointer,
             period=int(t.checkpoint_period),
             keep_last=int(t.get("keep_last", 0)),
-        )
-    )
+        ),
+    ]
+    if cfg.eval.enabled:
+        hooks.append(PeriodicEvaluation(evaluate=evaluate, period=int(t.get("eval_period", 0))))
     if cfg.eval.enabled and int(t.get("eval_period", 0)) > 0 and t.get("best_metric"):
         hooks.append(BestCheckpointer(checkpointer=checkpointer, metric=f"val/{t.best_metric}"))
     if ctx.is_main:
@@ -322,7 +357,12 @@ def restore_training_state(
             data_identity(cfg),
             state["data"],
         )
-    trainer.load_state_dict(state)
+    changes = trainer.load_state_dict(state)
+    if changes:
+        logger.info(
+            "resuming with the configured solver settings, not the checkpoint's: %s",
+            "; ".join(changes),
+        )
     saved_rng = state.get("rng") or []
     if len(saved_rng) == ctx.world_size:
         rng.restore_rng_state(saved_rng[ctx.rank], trainer.device)

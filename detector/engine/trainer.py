@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -13,6 +14,7 @@ from detector.engine.distributed import all_reduce_mean, unwrap
 from detector.engine.hooks import HookBase, check_finite
 from detector.engine.storage import ScalarStorage
 
+logger = logging.getLogger(__name__)
 Batch = tuple[list[Tensor], list[dict[str, Any]]]
 
 
@@ -112,10 +114,25 @@ class Trainer:
                 self._record(lr)
                 for h in self.hooks:
                     h.after_step()
-        finally:
-            for h in self.hooks:
-                h.after_train()
+        except BaseException:
+            self._after_train(reraise=False)  # the loop's error is the one to report
+            raise
+        self._after_train(reraise=True)
         return self.metrics
+
+    def _after_train(self, *, reraise: bool) -> None:
+        """Every hook's ``after_train``, even when an earlier one fails (the final checkpoint
+        is saved before the final evaluation runs, and the writers still close); the first
+        error is raised afterwards when ``reraise``."""
+        errors: list[BaseException] = []
+        for h in self.hooks:
+            try:
+                h.after_train()
+            except Exception as err:  # noqa: BLE001 - re-raised below, after the other hooks
+                logger.error("%s.after_train failed: %s", type(h).__name__, err)
+                errors.append(err)
+        if errors and reraise:
+            raise errors[0]
 
     def state_dict(self) -> dict[str, Any]:
         """Model (unwrapped from DDP), optimizer, scheduler, grad scaler, iteration and the
@@ -130,18 +147,53 @@ class Trainer:
             "hooks": {k: v for k, v in hooks.items() if v},
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict` (the model's weights must match exactly). A
-        ``LambdaLR``'s schedule function keeps its configured shape (``max_iter``, steps), so
-        a resumed run may be extended; position and base LRs come from ``state``."""
+    def load_state_dict(self, state: dict[str, Any]) -> list[str]:
+        """Inverse of :meth:`state_dict` (the model's weights must match exactly).
+
+        The solver settings this trainer was built with win over the checkpoint's: the
+        optimizer's hyper-parameters (``lr``, ``momentum``, ``weight_decay``, ...) and the
+        schedule (a ``LambdaLR``'s base LRs and shape: ``max_iter``, steps), so a resumed run
+        may lower its learning rate or be extended. The optimizer's state (momentum buffers)
+        and the schedule's position come from ``state``. Returns one line per setting that
+        differs from the checkpoint's (``"lr: 0.02 -> 0.005"``)."""
         unwrap(self.model).load_state_dict(state["model"])
+        configured = [
+            {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+        ]
+        base_lrs = list(getattr(self.scheduler, "base_lrs", []))
         self.optimizer.load_state_dict(state["optimizer"])
         scheduler = dict(state["scheduler"])
         if "lr_lambdas" in scheduler:  # LambdaLR: the schedule's shape comes from the config
             scheduler["lr_lambdas"] = [None] * len(scheduler["lr_lambdas"])
         self.scheduler.load_state_dict(scheduler)
+        changes = self._apply_configured_solver(configured, base_lrs)
         if state.get("grad_scaler"):
             self.precision.scaler.load_state_dict(state["grad_scaler"])
         self.iter = int(state["iteration"])
         for h in self.hooks:
             h.load_state_dict(state.get("hooks", {}).get(type(h).__name__, {}))
+        return changes
+
+    def _apply_configured_solver(
+        self, configured: list[dict[str, Any]], base_lrs: list[float]
+    ) -> list[str]:
+        """Put the configured hyper-parameters and base LRs back after a checkpoint's were
+        loaded; the current LR is recomputed from the schedule at the resumed position."""
+        changes: list[str] = []
+        for i, (group, conf) in enumerate(zip(self.optimizer.param_groups, configured)):
+            for key, value in conf.items():
+                if key in ("lr", "initial_lr") or group.get(key) == value:
+                    continue
+                changes.append(f"param group {i} {key}: {group.get(key)} -> {value}")
+                group[key] = value
+        lambdas = getattr(self.scheduler, "lr_lambdas", None)
+        if lambdas is None or len(base_lrs) != len(self.optimizer.param_groups):
+            return changes
+        step = self.scheduler.last_epoch
+        for i, (group, base, lam) in enumerate(zip(self.optimizer.param_groups, base_lrs, lambdas)):
+            if self.scheduler.base_lrs[i] != base:
+                changes.append(f"param group {i} base lr: {self.scheduler.base_lrs[i]} -> {base}")
+            group["initial_lr"] = base
+            group["lr"] = base * lam(step)
+        self.scheduler.base_lrs = list(base_lrs)
+        return changes

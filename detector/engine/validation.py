@@ -25,24 +25,16 @@ from detector.data.loader import build_test_loader
 from detector.engine.build import build_dataset, build_test_model
 from detector.engine.distributed import broadcast_from_main, current_context, gather_to_main
 from detector.evaluation.coco_eval import DEFAULT_ENGINE
-from detector.evaluation.dataset_eval import DetectionEvaluator, format_metrics, write_metrics
+from detector.evaluation.dataset_eval import (
+    DetectionEvaluator,
+    evaluation_options,
+    format_metrics,
+    write_metrics,
+)
 from detector.inference.resize import rescale_detections
 
 logger = logging.getLogger(__name__)
 Detector = Callable[[list[Tensor]], list[dict[str, Tensor]]]
-
-
-def evaluation_options(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The scoring keyword arguments of :func:`evaluate_model` from a config's ``eval`` node
-    (``type``, ``engine``, ``voc.iou_thresholds``, ``voc.use_07_metric``; missing keys take
-    the defaults, so configs saved before a key existed still work)."""
-    voc = eval_cfg.get("voc") or {}
-    return {
-        "engine": str(eval_cfg.get("engine", DEFAULT_ENGINE)),
-        "eval_type": str(eval_cfg.get("type", "coco")),
-        "voc_iou_thresholds": tuple(float(t) for t in voc.get("iou_thresholds", (0.5,))),
-        "voc_use_07_metric": bool(voc.get("use_07_metric", True)),
-    }
 
 
 @torch.inference_mode()
@@ -164,11 +156,17 @@ def score_detections(
 
 
 def validate(
-    cfg: DictConfig, model: torch.nn.Module, device: torch.device, output_dir: Path | None
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    device: torch.device,
+    output_dir: Path | None,
+    *,
+    dataset: Any = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` with the test-time tricks of ``cfg`` (:func:`build_test_model`) on
-    ``cfg``'s val split, with ``cfg.eval``'s options; files go to ``output_dir`` (rank 0)."""
-    dataset = build_dataset(cfg, "val")
+    ``cfg``'s val split (``dataset``: that split, already built), with ``cfg.eval``'s options;
+    files go to ``output_dir`` (rank 0)."""
+    dataset = build_dataset(cfg, "val") if dataset is None else dataset
     return evaluate_model(
         build_test_model(cfg, model),
         dataset,

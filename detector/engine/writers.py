@@ -59,6 +59,9 @@ class PeriodicLogger(HookBase):
     period, lr, images/s, ETA) and one JSON object appended to ``path`` holding every scalar
     recorded since the previous line (means over the period; ``val/*`` as recorded).
 
+    Scalars recorded at the iteration of the line written last (the final evaluation's, at
+    the last iteration) are merged into that line: one line per iteration.
+
     On resume, lines of ``path`` past the starting iteration (written after the checkpoint
     by the interrupted run) are dropped first, so the file reads as one uninterrupted run.
     """
@@ -69,6 +72,8 @@ class PeriodicLogger(HookBase):
         self.period = period
         self.path = Path(path) if path is not None else None
         self._cursor = 0
+        self._last: dict[str, Any] | None = None  # the record on the file's last line
+        self._last_offset = 0
 
     def before_train(self) -> None:
         if self.path is not None and self.path.is_file():
@@ -102,9 +107,17 @@ class PeriodicLogger(HookBase):
             return
         record = self._record(new)
         logger.info(format_line(record, t.max_iter))
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.path is None:
+            return
+        if self._last is not None and self._last["iteration"] == record["iteration"]:
+            # e.g. the final evaluation's metrics, recorded at the last iteration: one line
+            record = {**self._last, **record}
+            with self.path.open("r+") as f:
+                f.truncate(self._last_offset)
+        with self.path.open("a") as f:
+            self._last_offset = f.tell()
+            f.write(json.dumps(record) + "\n")
+        self._last = record
 
 
 def _iteration(line: str) -> float:

@@ -193,3 +193,17 @@ def coco_results_to_outputs(
             }
         )
     return image_ids, outputs
+
+
+def evaluation_options(eval_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring keyword arguments (of
+    :func:`detector.engine.validation.evaluate_model`, :class:`DetectionEvaluator`) from a config's ``eval`` node
+    (``type``, ``engine``, ``voc.iou_thresholds``, ``voc.use_07_metric``; missing keys take
+    the defaults, so configs saved before a key existed still work)."""
+    voc = eval_cfg.get("voc") or {}
+    return {
+        "engine": str(eval_cfg.get("engine", DEFAULT_ENGINE)),
+        "eval_type": str(eval_cfg.get("type", "coco")),
+        "voc_iou_thresholds": tuple(float(t) for t in voc.get("iou_thresholds", (0.5,))),
+        "voc_use_07_metric": bool(voc.get("use_07_metric", True)),
+    }

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 OUTPUT_KEYS: tuple[str, ...] = ("boxes", "scores", "labels")
 
@@ -29,9 +28,10 @@ class ImageDetections:
     labels: np.ndarray
 
 
-def to_numpy(value: torch.Tensor | np.ndarray | Sequence[Any]) -> np.ndarray:
-    """Detach a tensor (any device) or wrap an array-like as a numpy array."""
-    if isinstance(value, torch.Tensor):
+def to_numpy(value: Any) -> np.ndarray:
+    """Detach a torch tensor (any device) or wrap an array-like as a numpy array. Tensors are
+    recognised by their methods, so scoring saved results never has to import torch."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
 
