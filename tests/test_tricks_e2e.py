@@ -4,6 +4,7 @@ from ../shared when it exists."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -169,6 +170,8 @@ def test_tricks_on_bccd(tmp_path):
 
 
 def test_ablation_table(runs, plain_metrics):
+    """Two "seeds" of the baseline (the same weights under two paths): every baseline row is
+    evaluated twice, with no spread; the one-run context key cannot form an ensemble."""
     out = runs["tmp"] / "ablation"
     cfg = compose_config(
         "ablate",
@@ -176,10 +179,11 @@ def test_ablation_table(runs, plain_metrics):
             f"dataset.root={runs['root']}",
             *TINY[:7],
             "dataloader.num_workers=0",
-            f"checkpoints.baseline={runs['plain']}",
+            f"checkpoints.baseline=[{runs['plain']},{runs['twin']}]",
             f"checkpoints.context={runs['context']}",
             "pyramid.scales=[64,96,128]",
             "pyramid.target_size=36",
+            "pyramid.reference_scale=null",
         ],
     )
     results = run_ablation(cfg, out)
@@ -191,12 +195,26 @@ def test_ablation_table(runs, plain_metrics):
         "ensemble",
         *[r["name"] for r in results[5:]],
     ]
-    assert results[4]["skipped"].startswith("no ensemble member")  # checkpoints.context2 unset
+    assert results[4]["skipped"].startswith("an ensemble needs two runs")
     assert all(r["skipped"].startswith("diagnostic") for r in results[5:])
+    assert [len(r["runs"]) for r in results[:4]] == [2, 2, 1, 1]
     for r in results[:4]:
-        assert 0.0 <= r["AP"] <= 1.0 and r["num_images"] == 4 and r["seconds_per_image"] > 0
-    assert results[0]["AP"] == pytest.approx(plain_metrics["AP"], abs=1e-9)
+        for run in r["runs"]:
+            assert 0.0 <= run["AP"] <= 1.0 and run["seconds_per_image"] > 0
+    base = results[0]["summary"]["AP"]
+    assert base["values"] == pytest.approx([plain_metrics["AP"]] * 2, abs=1e-9)
+    assert base["spread"] == 0.0 and results[0]["delta"]["AP"]["mean"] == 0.0
+    refined = results[1]
+    assert refined["delta"]["AP"]["mean"] == pytest.approx(
+        refined["summary"]["AP"]["mean"] - base["mean"]
+    )
+    assert results[2]["delta"]["AP"] is None  # one context run against two baseline runs
     saved = json.loads((out / "ablation.json").read_text())
-    assert saved["rows"][1]["AP50"] == pytest.approx(results[1]["AP50"])
+    assert saved["rows"][1]["summary"]["AP50"]["mean"] == pytest.approx(
+        refined["summary"]["AP50"]["mean"]
+    )
+    assert saved["checkpoints"]["baseline"] == [str(runs["plain"]), str(runs["twin"])]
     table = (out / "ablation.md").read_text()
-    assert "| +multi-scale testing | context | paper |" in table and "skipped" in table
+    assert re.search(r"\| \+multi-scale testing +\| +paper +\| +1 \|", table)
+    assert re.search(r"\| baseline +\| +standard +\| +2 \| +[0-9.]+ ± 0\.0 \|", table)
+    assert "skipped: an ensemble needs two runs" in table

@@ -149,10 +149,11 @@ def test_multiscale_paper_two_scales_is_maxout_of_roi_align(images, plain):
         probs, pred = wrapper.predict(
             wrapper.features(wrapper.preprocess(images)), boxes, [(96, 128)]
         )
-        # by hand: RoIAlign (14x14 -> quick config 7x7, stride 16) at both scales, element-wise max
+        # by hand: RoIAlign (the quick config's output size, stride 16) at both scales, max
         f0 = model.features(model.preprocess(images))["res4"]
         f1 = model.features(model.preprocess([resize_image(images[0], 192)]))["res4"]
-        kw = dict(output_size=(7, 7), spatial_scale=1 / 16, sampling_ratio=0, aligned=True)
+        size = model.roi_heads.box_roi_pool.output_size
+        kw = dict(output_size=size, spatial_scale=1 / 16, sampling_ratio=0, aligned=True)
         pooled = torch.maximum(roi_align(f0, boxes, **kw), roi_align(f1, [boxes[0] * 2], **kw))
         head = model.roi_heads
         exp_probs, exp_pred = head.predict({}, boxes, [(96, 128)], pool=lambda b, **_: pooled)
@@ -359,3 +360,20 @@ def test_a_custom_head_following_the_seam_gets_multiscale_pooling(images, plain)
         mp.setattr(type(head), "region_features", recording)
         wrapper.predict(wrapper.features(wrapper.preprocess(images)), boxes, [(96, 128)])
     assert len(asked) == 1 and type(asked[0]).__name__ == "PyramidPool"
+
+
+def test_reference_scale_carries_the_pyramid_and_target_to_the_image_size(images, plain):
+    """With reference_scale=600 a 96-px image gets levels of 96 * s / 600 px and a target of
+    224 * 96 / 600; absolute (null) keeps the numbers as pixels."""
+    scaled = MultiScaleMaxout(model=plain, scales=[300, 600, 1200], reference_scale=600)
+    inputs = scaled.preprocess(images)
+    assert [lvl.image_sizes[0] for lvl in inputs.levels] == [(48, 64), (96, 128), (192, 256)]
+    pool = scaled.pooler(scaled.features(inputs), inputs.image_sizes)
+    assert pool.target_sizes == pytest.approx([224 * 96 / 600])
+    absolute = MultiScaleMaxout(model=plain, scales=[48, 96], reference_scale=None)
+    assert [lvl.image_sizes[0] for lvl in absolute.preprocess(images).levels] == [
+        (48, 64),
+        (96, 128),
+    ]
+    with pytest.raises(ValueError, match="reference_scale"):
+        MultiScaleMaxout(model=plain, reference_scale=0)

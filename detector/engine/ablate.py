@@ -1,11 +1,18 @@
-"""The paper's Table 9 as a tool: trained checkpoints x test-time tricks -> a table.
+"""The paper's Table 9 as a tool: trained checkpoints x test-time tricks -> a table with seeds.
 
-Each row of ``cfg.rows`` names a checkpoint (a key of ``cfg.checkpoints``), a test config (a key
-of ``cfg.tests``, the ``test`` group's options composed under other names) and optionally an
-ensemble (a key of ``cfg.ensembles``) with its further ``members``. The row's run config is the
-checkpoint's saved model section under the ablation's dataset, eval, device and dataloader
-settings; it is evaluated by the same :func:`~detector.engine.validation.validate` as training
-and ``tools/eval.py``.
+Each entry of ``cfg.checkpoints`` is a run (directory or ``.pth``) or a list of runs, one per
+training seed. Each row of ``cfg.rows`` names a checkpoint key, a test config (a key of
+``cfg.tests``, the ``test`` group's options composed under other names) and optionally an
+ensemble (a key of ``cfg.ensembles``). A plain row is evaluated once per seed and reported as
+mean and spread; its change from the first row is the mean of the per-seed (paired)
+differences. An ensemble row combines every seed of its checkpoint key (and of its
+``members`` keys) into one ensemble, evaluated once.
+
+A row's run config is the checkpoint's saved model section under the ablation's dataset, eval,
+device and dataloader settings; it is evaluated by the same
+:func:`~detector.engine.validation.validate` as training and ``tools/eval.py``. With
+``cfg.pairs`` (look-alike class pairs, e.g. synthetic_scenes') every row also reports how well
+the pairs are told apart (:mod:`detector.evaluation.pairs`).
 """
 
 from __future__ import annotations
@@ -14,46 +21,59 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from detector.engine.build import load_trained, prepare_dataset, resolve_device
+from detector.engine.build import build_dataset, load_trained, prepare_dataset, resolve_device
 from detector.engine.validation import validate
+from detector.evaluation.pairs import pair_metrics
+from detector.utils.tables import format_table
 
 logger = logging.getLogger(__name__)
-METRICS = ("AP", "AP50", "AP75")
+#: Per-run numbers kept for every row (COCO metrics, then the pair metrics when asked for).
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+PAIR_METRICS = ("pair_AP", "pair_accuracy")
+
+
+def checkpoint_list(cfg: DictConfig, key: str) -> list[str]:
+    """The runs of ``cfg.checkpoints[key]`` (one per seed); [] when unset."""
+    value = cfg.checkpoints.get(key)
+    if value is None or value == "":
+        return []
+    if isinstance(value, ListConfig | list | tuple):
+        return [str(v) for v in value if v]
+    return [str(value)]
+
+
+def row_runs(cfg: DictConfig, row: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """``[(checkpoint, ensemble members)]`` to evaluate for ``row``: one per seed, or for an
+    ensemble row a single one whose members are every other run of its keys."""
+    runs = checkpoint_list(cfg, row["checkpoint"])
+    if not row.get("ensemble"):
+        return [(run, []) for run in runs]
+    extra = [run for key in row.get("members") or [] for run in checkpoint_list(cfg, key)]
+    everyone = runs + extra
+    return [(everyone[0], everyone[1:])] if everyone else []
 
 
 def row_skip_reason(cfg: DictConfig, row: Mapping[str, Any]) -> str | None:
-    """Why ``row`` cannot run (a missing checkpoint or ensemble member), or None."""
+    """Why ``row`` cannot run (diagnostics off, a missing checkpoint, a one-model ensemble)."""
     if row.get("diagnostic") and not cfg.get("diagnostics"):
         return "diagnostic rows off (diagnostics=true)"
-    if not cfg.checkpoints.get(row["checkpoint"]):
+    if not checkpoint_list(cfg, row["checkpoint"]):
         return f"no checkpoints.{row['checkpoint']}"
-    if row.get("ensemble") and not ensemble_paths(cfg, row):
-        names = ", ".join(f"checkpoints.{m}" for m in row.get("members") or [])
-        return f"no ensemble member ({names or 'none listed'})"
+    if row.get("ensemble") and not row_runs(cfg, row)[0][1]:
+        return f"an ensemble needs two runs (checkpoints.{row['checkpoint']} lists one)"
     return None
 
 
-def ensemble_members(cfg: DictConfig, row: Mapping[str, Any]) -> list[str]:
-    """Names of the row's further ensemble members that are set (unset ones are left out)."""
-    if not row.get("ensemble"):
-        return []
-    return [m for m in row.get("members") or [] if cfg.checkpoints.get(m)]
-
-
-def ensemble_paths(cfg: DictConfig, row: Mapping[str, Any]) -> list[str]:
-    """Checkpoint paths of :func:`ensemble_members`."""
-    return [str(cfg.checkpoints[m]) for m in ensemble_members(cfg, row)]
-
-
 def row_config(
-    cfg: DictConfig, saved: DictConfig, row: Mapping[str, Any], path: Path
+    cfg: DictConfig, saved: DictConfig, row: Mapping[str, Any], path: Path, members: list[str]
 ) -> DictConfig:
     """The ablation config with the checkpoint's model, the row's ``test`` and ``ensemble``."""
     for key, group in (("test", "tests"), ("ensemble", "ensembles")):
@@ -66,7 +86,7 @@ def row_config(
     run.test = run.tests[row["test"]]
     if row.get("ensemble"):
         run.ensemble = run.ensembles[row["ensemble"]]
-        run.ensemble.checkpoints = ensemble_paths(cfg, row)
+        run.ensemble.checkpoints = members
     else:
         run.ensemble = {"checkpoints": []}
     run.checkpoint = str(path)
@@ -77,10 +97,71 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "row"
 
 
+def evaluate_run(
+    cfg: DictConfig,
+    row: Mapping[str, Any],
+    checkpoint: str,
+    members: list[str],
+    out: Path,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One evaluation of ``row``: its metrics (and pair metrics) for ``checkpoint``."""
+    model, trained = load_trained(checkpoint, device=device)
+    run = row_config(cfg, trained.config, row, trained.path, members)
+    logger.info(
+        "row %r: %s (+%d members), test=%s", row["name"], trained.path, len(members), row["test"]
+    )
+    with torch.inference_mode():
+        metrics = validate(run, model, device, out)
+    numbers = {k: metrics.get(k) for k in METRICS}
+    if cfg.get("pairs"):
+        gt = build_dataset(run, "val").coco_gt()
+        results = json.loads((out / "coco_results.json").read_text())
+        pairs = [list(p) for p in cfg.pairs]
+        numbers.update(pair_metrics(gt, results, pairs, per_class_ap=metrics.get("per_class_AP")))
+    numbers["seconds_per_image"] = metrics.get("seconds_per_image")
+    numbers["checkpoint"] = str(trained.path)
+    numbers["members"] = members
+    return numbers
+
+
+def summarize(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """``{key: {"mean", "spread", "values"}}`` over the runs (spread: half the range, so a
+    value is mean +- spread; 0 for one run). Missing, NaN and COCO's -1 (no such object)
+    values are left out."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = [
+            float(r[key])
+            for r in runs
+            if r.get(key) is not None and not math.isnan(float(r[key])) and float(r[key]) >= 0
+        ]
+        if values:
+            spread = (max(values) - min(values)) / 2
+            out[key] = {"mean": statistics.fmean(values), "spread": spread, "values": values}
+    return out
+
+
+def paired_delta(
+    runs: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]], key: str
+) -> dict[str, Any] | None:
+    """Mean and spread of the per-seed differences ``runs[i][key] - base[i][key]`` (None unless
+    both have the same number of runs)."""
+    if len(runs) != len(base) or not runs:
+        return None
+    diffs = [
+        {key: float(r[key]) - float(b[key])}
+        for r, b in zip(runs, base)
+        if r.get(key) is not None and b.get(key) is not None
+    ]
+    return summarize(diffs, [key]).get(key)
+
+
 def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
-    """Evaluate every row; write ``ablation.json`` and ``ablation.md`` into ``output_dir``."""
+    """Evaluate every row (once per seed); write ``ablation.json`` and ``ablation.md``."""
     device = resolve_device(str(cfg.device))
     prepare_dataset(cfg)
+    keys = [*METRICS, *(PAIR_METRICS if cfg.get("pairs") else ()), "seconds_per_image"]
     results: list[dict[str, Any]] = []
     for row in cfg.rows:
         entry: dict[str, Any] = {
@@ -88,7 +169,6 @@ def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
             "checkpoint": row["checkpoint"],
             "test": row["test"],
             "ensemble": row.get("ensemble"),
-            "members": ensemble_members(cfg, row),
             "diagnostic": bool(row.get("diagnostic", False)),
         }
         reason = row_skip_reason(cfg, row)
@@ -96,19 +176,17 @@ def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
             logger.info("skipping row %r: %s", row["name"], reason)
             results.append({**entry, "skipped": reason})
             continue
-        model, trained = load_trained(cfg.checkpoints[row["checkpoint"]], device=device)
-        path = trained.path
-        run = row_config(cfg, trained.config, row, path)
-        logger.info(
-            "row %r: %s, test=%s, ensemble=%s", row["name"], path, row["test"], row.get("ensemble")
-        )
-        with torch.inference_mode():
-            metrics = validate(run, model, device, output_dir / "rows" / slug(row["name"]))
-        entry.update({k: metrics.get(k) for k in METRICS})
-        entry["seconds_per_image"] = metrics.get("seconds_per_image")
-        entry["num_images"] = metrics.get("num_images")
-        entry["path"] = str(path)
+        runs = []
+        for i, (checkpoint, members) in enumerate(row_runs(cfg, row)):
+            out = output_dir / "rows" / slug(row["name"]) / f"run{i}"
+            runs.append(evaluate_run(cfg, row, checkpoint, members, out, device))
+        entry["runs"] = runs
+        entry["summary"] = summarize(runs, keys)
         results.append(entry)
+    base = next((r for r in results if "runs" in r), None)
+    for r in results:
+        if "runs" in r and base is not None:
+            r["delta"] = {k: paired_delta(r["runs"], base["runs"], k) for k in keys[:-1]}
     write_results(output_dir, cfg, results)
     return results
 
@@ -117,49 +195,45 @@ def write_results(output_dir: Path, cfg: DictConfig, results: list[dict[str, Any
     output_dir.mkdir(parents=True, exist_ok=True)
     payload = {
         "dataset": str(cfg.dataset.get("name")),
-        "checkpoints": {k: (str(v) if v else None) for k, v in cfg.checkpoints.items()},
+        "checkpoints": {k: checkpoint_list(cfg, k) for k in cfg.checkpoints},
+        "pairs": [list(p) for p in cfg.pairs] if cfg.get("pairs") else None,
         "rows": results,
     }
     (output_dir / "ablation.json").write_text(json.dumps(payload, indent=2) + "\n")
-    table = format_table(results)
+    table = format_results(results, pairs=bool(cfg.get("pairs")))
     (output_dir / "ablation.md").write_text(table + "\n")
     print(table, flush=True)
     logger.info("wrote %s and %s", output_dir / "ablation.json", output_dir / "ablation.md")
 
 
-def _pct(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _cell(stat: Mapping[str, Any] | None, signed: bool = False) -> str:
+    """``mean +- spread`` in percent (``-`` when absent; no spread for one value)."""
+    if not stat:
         return "-"
-    return f"{100 * float(value):.1f}"
+    mean = f"{100 * stat['mean']:+.1f}" if signed else f"{100 * stat['mean']:.1f}"
+    return mean if len(stat["values"]) < 2 else f"{mean} ± {100 * stat['spread']:.1f}"
 
 
-def format_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: AP, AP50, AP75 in percent, the AP50 / AP change from the first row, and
-    seconds per image."""
-    first = next((r for r in results if "skipped" not in r and r.get("AP") is not None), None)
-    lines = [
-        "| row | checkpoint | test | ensemble | AP | AP50 | AP75 | dAP | dAP50 | s/img |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
+def format_results(results: list[dict[str, Any]], *, pairs: bool = False) -> str:
+    """Markdown table: per row the number of runs, AP, AP50, AP75, APs, APl (and the pair AP
+    and pair accuracy), each as mean ± spread over the seeds in percent, the paired change of
+    AP and AP50 from the first row, and seconds per image."""
+    header = ["row", "test", "runs", "AP", "AP50", "AP75", "APs", "APl"]
+    header += ["pair AP", "pair acc."] if pairs else []
+    header += ["ΔAP", "ΔAP50", "s/img"]
+    rows = []
     for r in results:
-        ens = (
-            "+".join([r["checkpoint"], *r["members"]]) + f" ({r['ensemble']})"
-            if r["ensemble"]
-            else "-"
-        )
         if "skipped" in r:
-            lines.append(
-                f"| {r['name']} | {r['checkpoint']} | {r['test']} | {ens} | skipped: {r['skipped']} | | | | | |"
+            rows.append(
+                [r["name"], r["test"], f"skipped: {r['skipped']}"] + [""] * (len(header) - 3)
             )
             continue
-        d_ap = d_ap50 = "-"
-        if first is not None and r.get("AP") is not None:
-            d_ap = f"{100 * (r['AP'] - first['AP']):+.1f}"
-            d_ap50 = f"{100 * (r['AP50'] - first['AP50']):+.1f}"
-        sec = r.get("seconds_per_image")
-        lines.append(
-            f"| {r['name']} | {r['checkpoint']} | {r['test']} | {ens} | {_pct(r.get('AP'))} | "
-            f"{_pct(r.get('AP50'))} | {_pct(r.get('AP75'))} | {d_ap} | {d_ap50} | "
-            f"{'-' if sec is None else f'{sec:.3f}'} |"
-        )
-    return "\n".join(lines)
+        s, d = r["summary"], r.get("delta") or {}
+        cells = [r["name"], r["test"], str(len(r["runs"]))]
+        cells += [_cell(s.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APl")]
+        cells += [_cell(s.get(k)) for k in PAIR_METRICS] if pairs else []
+        cells += [_cell(d.get("AP"), signed=True), _cell(d.get("AP50"), signed=True)]
+        sec = s.get("seconds_per_image")
+        cells.append("-" if not sec else f"{sec['mean']:.3f}")
+        rows.append(cells)
+    return format_table(header, rows)

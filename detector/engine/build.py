@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -199,8 +200,46 @@ def load_trained(checkpoint: str | Path, *, device: torch.device) -> tuple[Faste
 
 
 # ----------------------------------------------------------------- test-time model
-def _wrap(node: Any, model: nn.Module) -> nn.Module:
-    return model if node is None else instantiate(node, model=model, _convert_="all")
+#: ``test.per_model.target_size`` value that ties multi-scale testing's target to the training
+#: objects (:func:`train_object_size`).
+TRAIN_OBJECTS = "train_objects"
+
+
+def train_object_size(cfg: DictConfig) -> float:
+    """The geometric mean side ``sqrt(w * h)`` of the training boxes of ``cfg``'s train split,
+    in pixels of the training scale (``dataset.input.min_sizes_train`` / ``max_size_train``,
+    averaged over the training sizes): the object size the per-region head saw most."""
+    inputs = cfg.dataset.get("input") or {}
+    min_sizes = [float(m) for m in inputs.get("min_sizes_train") or []]
+    if not min_sizes:
+        raise ValueError(
+            f"test.per_model.target_size={TRAIN_OBJECTS} needs dataset.input.min_sizes_train"
+        )
+    max_size = inputs.get("max_size_train")
+    logs: list[np.ndarray] = []
+    for record in build_dataset(cfg, "train").records:
+        boxes = record.gt_boxes.astype(np.float64)
+        sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        for size in min_sizes:
+            scale = size / min(record.height, record.width)
+            if max_size is not None:
+                scale = min(scale, float(max_size) / max(record.height, record.width))
+            logs.append(np.log(sides * scale))
+    values = np.concatenate(logs) if logs else np.zeros(0)
+    if values.size == 0:
+        raise ValueError("the train split has no boxes to derive the training object size from")
+    size = float(np.exp(values.mean()))
+    logger.info("training object size (geometric mean side at the training scale): %.1f px", size)
+    return size
+
+
+def _wrap(node: Any, model: nn.Module, cfg: DictConfig | None = None) -> nn.Module:
+    if node is None:
+        return model
+    if node.get("target_size") == TRAIN_OBJECTS:
+        assert cfg is not None
+        node = OmegaConf.merge(node, {"target_size": train_object_size(cfg)})
+    return instantiate(node, model=model, _convert_="all")
 
 
 def ensemble_members(cfg: DictConfig, model: FasterRCNN) -> list[nn.Module]:
@@ -245,7 +284,7 @@ def build_test_model(cfg: DictConfig, model: FasterRCNN) -> nn.Module:
     if (cfg.get("eval") or {}).get("optimize_model", False):
         # an eval-mode copy per member; the trained model itself is left as it is
         members = [optimize_for_inference(m) for m in members]
-    staged = [_wrap(test_cfg.get("per_model"), m) for m in members]
+    staged = [_wrap(test_cfg.get("per_model"), m, cfg) for m in members]
     if len(staged) == 1:
         return _wrap(test_cfg.get("wrapper"), staged[0])
     ens = cfg.ensemble

@@ -76,14 +76,14 @@ class PyramidPool:
         base_pool: Pool,
         base_sizes: list[tuple[int, int]],
         level_sizes: list[list[tuple[int, int]]],
-        target_size: float,
+        target_sizes: list[float],
         context_scale: str,
     ) -> None:
         self.level_pools = list(level_pools)
         self.base_pool = base_pool
         self.base_sizes = base_sizes
         self.level_sizes = level_sizes
-        self.target_size = target_size
+        self.target_sizes = target_sizes  # per image, in its test-scale pixels
         self.context_scale = context_scale
 
     def scale_pairs(self, boxes: list[Tensor]) -> Tensor:
@@ -92,9 +92,8 @@ class PyramidPool:
         for i, b in enumerate(boxes):
             h, w = self.base_sizes[i]
             factors = [(lvl[i][0] * lvl[i][1] / (h * w)) ** 0.5 for lvl in self.level_sizes]
-            pairs.append(
-                select_scale_pairs(box_area(b), torch.tensor(factors), target_size=self.target_size)
-            )
+            target = self.target_sizes[i]
+            pairs.append(select_scale_pairs(box_area(b), torch.tensor(factors), target_size=target))
         return torch.cat(pairs).to(boxes[0].device)
 
     def __call__(self, boxes: list[Tensor], whole_image: bool = False) -> Tensor:
@@ -141,6 +140,13 @@ class MultiScaleMaxout(nn.Module):
         target_size: SPP-net's target RoI side (224: "closest to 224 x 224 pixels").
         context_scale: where whole-image boxes (global context) are pooled: ``"pyramid"``
             (scale choice + maxout, like every RoI) or ``"test"`` (the test-scale features).
+        reference_scale: ``None``: ``scales`` and ``target_size`` are pixels, used as they are
+            (absolute); a number (the paper: 600): they were written for a test image of that
+            shorter side and are scaled by the given image's shorter side over it (relative:
+            the paper's geometry carried to another image size). docs/tricks.md discusses the
+            carry-over; ``target_size`` may also come from the object sizes the model trained
+            on (``test.per_model.target_size=train_objects``, resolved when the test model is
+            built).
     """
 
     def __init__(
@@ -151,8 +157,14 @@ class MultiScaleMaxout(nn.Module):
         max_size: int | None = None,
         target_size: float = 224.0,
         context_scale: str = "pyramid",
+        reference_scale: float | None = None,
     ) -> None:
         super().__init__()
+        if reference_scale is not None and reference_scale <= 0:
+            raise ValueError(f"reference_scale must be positive or null, got {reference_scale}")
+        if float(target_size) <= 0:
+            raise ValueError(f"target_size must be positive, got {target_size}")
+        self.reference_scale = reference_scale
         if context_scale not in CONTEXT_SCALES:
             raise ValueError(
                 f"unknown context_scale {context_scale!r}; allowed: {', '.join(CONTEXT_SCALES)}"
@@ -171,11 +183,22 @@ class MultiScaleMaxout(nn.Module):
         return self.model.num_classes
 
     # ----------------------------------------------------------------- stages
+    def factor(self, image_size: tuple[int, int]) -> float:
+        """How much ``scales`` and ``target_size`` are scaled for a test image of
+        ``image_size`` (H, W): 1 when absolute, else its shorter side / ``reference_scale``."""
+        if self.reference_scale is None:
+            return 1.0
+        return min(image_size) / float(self.reference_scale)
+
     def preprocess(self, images: Sequence[Tensor]) -> PyramidImages:
         base = self.model.preprocess(images)
+        factors = [self.factor((int(img.shape[-2]), int(img.shape[-1]))) for img in images]
         levels = []
         for s in self.scales:
-            resized = [resize_image(img, s, self.max_size) for img in images]
+            resized = [
+                resize_image(img, max(1, round(s * f)), self.max_size)
+                for img, f in zip(images, factors)
+            ]
             levels.append(self.model.preprocess(resized))
         return PyramidImages(base=base, levels=levels)
 
@@ -202,7 +225,7 @@ class MultiScaleMaxout(nn.Module):
             self.model.pooler(features.base, features.base_sizes),
             base_sizes=features.base_sizes,
             level_sizes=features.level_sizes,
-            target_size=self.target_size,
+            target_sizes=[self.target_size * self.factor(s) for s in features.base_sizes],
             context_scale=self.context_scale,
         )
 
