@@ -43,6 +43,23 @@ def _voc(root: Path, names: dict[str, str]) -> Path:
     return root
 
 
+def _voc_cfg(tmp_path: Path, root: Path, *, class_name: str, val_split: str):
+    """A one-class voc_folder run on ``root`` training on its ``train`` split."""
+    return compose_config(
+        "train",
+        [
+            *FILES_RUN,
+            "dataset=voc_folder",
+            f"dataset.root={root}",
+            f"dataset.class_names=[{class_name}]",
+            "dataset.num_classes=1",
+            "dataset.train_split=train",
+            f"dataset.val_split={val_split}",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+    )
+
+
 def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path: Path, monkeypatch):
     """Any error in the final evaluation: model_final.pth is on disk and the error names it."""
 
@@ -64,19 +81,7 @@ def test_a_missing_val_split_stops_before_iteration_1(tmp_path: Path, monkeypatc
     root = _voc(tmp_path / "voc", {"a": "cat", "b": "cat"})
     steps = []
     monkeypatch.setattr(FasterRCNN, "forward", lambda *a, **k: steps.append(1))
-    cfg = compose_config(
-        "train",
-        [
-            *FILES_RUN,
-            "dataset=voc_folder",
-            f"dataset.root={root}",
-            "dataset.class_names=[cat]",
-            "dataset.num_classes=1",
-            "dataset.train_split=train",
-            "dataset.val_split=val",
-            f"output_dir={tmp_path / 'run'}",
-        ],
-    )
+    cfg = _voc_cfg(tmp_path, root, class_name="cat", val_split="val")
     with pytest.raises(FileNotFoundError, match=r"val\.txt"):
         train(cfg)
     assert steps == []  # not one training step
@@ -86,19 +91,7 @@ def test_a_class_list_that_matches_nothing_stops_before_training(tmp_path: Path,
     root = _voc(tmp_path / "voc", {"a": "raccoon", "b": "raccoon"})
     steps = []
     monkeypatch.setattr(FasterRCNN, "forward", lambda *a, **k: steps.append(1))
-    cfg = compose_config(
-        "train",
-        [
-            *FILES_RUN,
-            "dataset=voc_folder",
-            f"dataset.root={root}",
-            "dataset.class_names=[Raccoon]",
-            "dataset.num_classes=1",
-            "dataset.train_split=train",
-            "dataset.val_split=train",
-            f"output_dir={tmp_path / 'run'}",
-        ],
-    )
+    cfg = _voc_cfg(tmp_path, root, class_name="Raccoon", val_split="train")
     with pytest.raises(ValueError, match=r"did you mean 'raccoon'"):
         train(cfg)
     assert steps == []
