@@ -54,6 +54,7 @@ TINY = [
     "solver.warmup_iters=1",
     "solver.steps=[2]",
     "model.roi_batch_size_per_image=16",
+    "train.yardstick=false",
 ]
 
 

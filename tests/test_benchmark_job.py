@@ -10,22 +10,19 @@ from hydra.utils import instantiate
 
 from detector.benchmarks.job import JobBenchmark, format_result
 from detector.benchmarks.runner import run_benchmarks
-from tests.helpers import compose_config
+from tests.helpers import TINY, compose_config
 
+#: the tiny run with half the data and two iterations
 TINY_JOB = [
+    *(
+        o
+        for o in TINY
+        if not o.startswith(("dataset.generator.num_", "solver.max_iter", "solver.steps"))
+    ),
     "dataset.generator.num_train=4",
     "dataset.generator.num_val=2",
-    "dataset.generator.image_size=96",
-    "dataset.input.min_sizes_train=[96]",
-    "dataset.input.min_size_test=96",
-    "dataset.input.max_size_train=128",
-    "dataset.input.max_size_test=128",
-    "dataloader.batch_size=2",
-    "dataloader.num_workers=0",
     "solver.max_iter=2",
-    "solver.warmup_iters=1",
     "solver.steps=[1]",
-    "model.roi_batch_size_per_image=16",
     "train.tensorboard=false",
 ]
 TINY_YARDSTICK = {"repeats": 1, "warmup": 0}

@@ -13,7 +13,7 @@ from detector.benchmarks.flops import (
     measure_conv_peak,
     peak_line,
 )
-from detector.benchmarks.yardstick import (
+from detector.utils.yardstick import (
     in_yardsticks,
     measure_yardstick,
     yardstick_line,

@@ -6,7 +6,7 @@ generated deterministically from a seed, then each engine's full pipeline (groun
 ``loadRes``, ``evaluate``, ``accumulate``, ``summarize``; :func:`run_engine`) is timed
 ``repeats`` times on fresh copies of the inputs. The table shows the median seconds and the
 speed-up against the baseline engine, and checks that the engines' 12 statistics agree. With a
-``yardstick`` it first measures :mod:`detector.benchmarks.yardstick` and gives the times in its
+``yardstick`` it first measures :mod:`detector.utils.yardstick` and gives the times in its
 units too.
 """
 
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from detector.benchmarks.yardstick import in_yardsticks, yardstick_line, yardstick_report
 from detector.evaluation.coco_engines import ENGINES, check_engine, run_engine
 from detector.evaluation.coco_eval import STAT_NAMES
 from detector.utils.tables import format_table
+from detector.utils.yardstick import in_yardsticks, yardstick_line, yardstick_report
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
 CROWD_FRACTION = 0.01

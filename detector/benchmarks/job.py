@@ -1,7 +1,7 @@
 """Benchmark: the whole default training job (``python tools/train.py``) in yardstick steps.
 
 :class:`JobBenchmark` (the ``job`` task of ``configs/benchmark.yaml``) measures the yardstick
-(:mod:`detector.benchmarks.yardstick`), then runs the training job composed from
+(:mod:`detector.utils.yardstick`), then runs the training job composed from
 ``configs/train.yaml`` with the given overrides, in this process, in two timed parts:
 
 1. training: ``detector.engine.train.train(cfg)`` with ``eval.enabled=false`` (model and loader
@@ -29,12 +29,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 import detector  # noqa: F401  (registers the config resolvers)
-from detector.benchmarks.yardstick import in_yardsticks, yardstick_line, yardstick_report
 from detector.engine.build import build_dataset, build_model, prepare_dataset, resolve_device
 from detector.engine.checkpoint import FINAL_NAME, load_checkpoint, load_model_weights
 from detector.engine.train import train
 from detector.engine.validation import validate
 from detector.utils.tables import format_table
+from detector.utils.yardstick import in_yardsticks, yardstick_line, yardstick_report
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ current device, interleaving the contenders so that load from other processes hi
 - COCO evaluation time of both engines (:class:`~detector.benchmarks.coco_eval.CocoEvalBenchmark`);
 
 and reports medians and the ratio of each pair. To make the times readable on other machines it
-first measures the yardstick (:mod:`detector.benchmarks.yardstick`) and the convolution peak
+first measures the yardstick (:mod:`detector.utils.yardstick`) and the convolution peak
 (:mod:`detector.benchmarks.flops`): every time is also given in yardstick units, and every
 timed model path (inference, training) its achieved GFLOP/s and share of that peak, from FLOPs
 counted once per path on our model. The torchvision twin and the checks live in
@@ -46,10 +46,10 @@ from detector.benchmarks.twin import (
     randomize_weights,
     torchvision_twin,
 )
-from detector.benchmarks.yardstick import in_yardsticks, yardstick_line, yardstick_report
 from detector.modeling.fuse import optimize_for_inference
 from detector.modeling.meta_arch import FasterRCNN
 from detector.utils.tables import format_table
+from detector.utils.yardstick import in_yardsticks, yardstick_line, yardstick_report
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ class SpeedBenchmark:
         coco_eval: a Hydra node of :class:`~detector.benchmarks.coco_eval.CocoEvalBenchmark`,
             or ``None`` to skip it.
         yardstick: ``repeats`` and ``warmup`` of the yardstick measured first
-            (:func:`~detector.benchmarks.yardstick.yardstick_report`); ``None`` skips it.
+            (:func:`~detector.utils.yardstick.yardstick_report`); ``None`` skips it.
         conv_peak: arguments of :func:`~detector.benchmarks.flops.measure_conv_peak` (on
             ``device``), measured after the yardstick; ``None`` skips it and the share of peak.
         label: the model's name in the tables; ``None``: :func:`model_label` (e.g. ``R50-FPN``).

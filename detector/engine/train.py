@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ from detector.engine.trainer import Trainer
 from detector.engine.validation import validate
 from detector.engine.writers import PeriodicLogger, ProgressBar, TensorBoardWriter
 from detector.modeling.meta_arch import FasterRCNN
+from detector.utils.yardstick import DESCRIPTION as YARDSTICK
+from detector.utils.yardstick import in_yardsticks, measure_yardstick
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +136,14 @@ def _train(cfg: DictConfig, ctx: DistributedContext, device: torch.device) -> di
     trainer = build_trainer(cfg, ctx, device, output_dir, state, splits)
     if state is not None:
         restore_training_state(trainer, state, cfg, ctx, source=resume)
+    yardstick = measure_yardstick(repeats=5) if cfg.train.get("yardstick", True) else None
+    if yardstick is not None:
+        logger.info(
+            "yardstick: %.3f s (%s); this run's times divided by it compare across machines",
+            yardstick,
+            YARDSTICK,
+        )
+    start = time.perf_counter()
     logger.info(
         "training %s for %d iterations (from %d) on %d process(es) in %s",
         type(unwrap(trainer.model)).__name__,
@@ -158,6 +169,13 @@ def _train(cfg: DictConfig, ctx: DistributedContext, device: torch.device) -> di
             f"failed: {type(err).__name__}: {err}. Fix the cause, then evaluate the saved "
             f"model with: python tools/eval.py checkpoint={output_dir}"
         ) from err
+    seconds = time.perf_counter() - start
+    if yardstick is not None:
+        logger.info(
+            "training and final evaluation took %.0f s = %.0f yardstick steps",
+            seconds,
+            in_yardsticks(seconds, yardstick),
+        )
     if metrics and "AP" in metrics:
         summary = {k: metrics[k] for k in ("AP", "AP50", "AP75") if k in metrics}
         logger.info("final metrics: %s", json.dumps(summary))
