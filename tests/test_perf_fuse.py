@@ -219,3 +219,18 @@ def test_eval_optimize_model_wraps_an_optimised_copy() -> None:
         report = compare_detections(fast(images), plain(images))
     assert report["num_detections"] > 10
     assert detections_match(report, box_atol=BOX_ATOL, score_atol=SCORE_ATOL), report
+
+
+def test_channels_last_only_where_it_pays() -> None:
+    """channels_last=None picks the layout by the test images' shorter side."""
+    model = build_model_from_config("faster_rcnn_r18_c4", num_classes=5, overrides=SMALL_C4)
+    conv = "backbone.conv1.weight"
+
+    def is_nhwc(m: torch.nn.Module) -> bool:
+        w = dict(m.named_parameters())[conv]
+        return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+    assert not is_nhwc(optimize_for_inference(model, channels_last=None, image_size=192))
+    assert is_nhwc(optimize_for_inference(model, channels_last=None, image_size=600))
+    assert not is_nhwc(optimize_for_inference(model, channels_last=None))  # size unknown
+    assert is_nhwc(optimize_for_inference(model))  # explicit default stays on

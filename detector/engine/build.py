@@ -282,8 +282,10 @@ def build_test_model(cfg: DictConfig, model: FasterRCNN) -> nn.Module:
     test_cfg = cfg.get("test") or {}
     members: list[nn.Module] = [model, *ensemble_members(cfg, model)]
     if (cfg.get("eval") or {}).get("optimize_model", False):
-        # an eval-mode copy per member; the trained model itself is left as it is
-        members = [optimize_for_inference(m) for m in members]
+        # an eval-mode copy per member; the trained model itself is left as it is; the levers
+        # that pay depend on the image size (channels-last only from 400 px on, CPU)
+        size = OmegaConf.select(cfg, "dataset.input.min_size_test", default=None)
+        members = [optimize_for_inference(m, channels_last=None, image_size=size) for m in members]
     staged = [_wrap(test_cfg.get("per_model"), m, cfg) for m in members]
     if len(staged) == 1:
         return _wrap(test_cfg.get("wrapper"), staged[0])

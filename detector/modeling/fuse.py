@@ -282,13 +282,21 @@ def _parallelize_poolers_in_place(model: nn.Module) -> int:
     return changed
 
 
+#: Shorter image side (px) from which channels-last pays on CPU. Below it, the layout's
+#: conversions cost more than its faster convolutions save (docs/benchmarks.md, "optimize_model
+#: levers by image size"): the R18-C4 quick model at 192 px ran 0.90x with it, R50-FPN at 800 px
+#: 1.26x.
+CHANNELS_LAST_MIN_SIDE = 400
+
+
 def optimize_for_inference(
     model: M,
     *,
     fold_bn: bool = True,
-    channels_last: bool = True,
+    channels_last: bool | None = True,
     fuse_relu: bool = True,
     parallel_pool: bool = True,
+    image_size: int | None = None,
 ) -> M:
     """An eval-mode copy of ``model`` tuned for inference; ``model`` itself is left untouched.
 
@@ -297,12 +305,14 @@ def optimize_for_inference(
         fold_bn: fold BatchNorm into the preceding convolutions (:func:`fold_batchnorm`).
         channels_last: store 4-D weights as channels-last (NHWC); convolutions then produce
             channels-last activations, which oneDNN (CPU) and cuDNN (GPU, mixed precision) run
-            without layout conversions.
+            without layout conversions. ``None``: only when ``image_size`` (the shorter side
+            the model will see) is at least :data:`CHANNELS_LAST_MIN_SIDE`, where it pays.
         fuse_relu: run ReLUs and residual additions inside the convolutions on CPU
             (:class:`FusedResidualBlock`, :class:`ConvReLU`); residual blocks are fused only
             when their BatchNorms are folded.
         parallel_pool: RoIAlign poolers split their RoIs over torch's CPU threads
             (:mod:`detector.modeling.parallel_pool`; the same numbers, bit for bit).
+        image_size: the test images' shorter side, for ``channels_last=None``.
 
     Returns:
         The optimised copy, in eval mode and with ``requires_grad=False`` everywhere.
@@ -319,6 +329,8 @@ def optimize_for_inference(
         logger.info(
             "%d RoIAlign poolers run on all CPU threads", _parallelize_poolers_in_place(fast)
         )
+    if channels_last is None:
+        channels_last = image_size is not None and image_size >= CHANNELS_LAST_MIN_SIDE
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     return fast
