@@ -103,14 +103,16 @@ def test_tensorboard_log_file_periodic_eval_and_checkpoints(tmp_path: Path):
     assert lrs == pytest.approx([0.02 * schedule(k) for k in range(4)], rel=1e-6)
     assert all(v > 0 for _, v in scalars["train/images_per_sec"])
 
-    # metrics.jsonl: one line per log period with the period's mean losses, then the final eval
+    # metrics.jsonl: one line per log period with the period's mean losses; the final
+    # evaluation's metrics join the last line (one line per iteration, issue 13)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [2, 4, 4]
+    assert [r["iteration"] for r in records] == [2, 4]
     for name in LOSSES:
         tb = [v for _, v in scalars[f"train/{name}"]]
         assert records[0][f"train/{name}"] == pytest.approx((tb[0] + tb[1]) / 2, rel=1e-6)
     assert records[0]["val/AP"] == pytest.approx(scalars["val/AP"][0][1], abs=1e-6)
-    assert records[0]["eta_seconds"] > 0 and records[2]["val/AP"] == pytest.approx(metrics["AP"])
+    assert records[0]["eta_seconds"] > 0 and records[1]["val/AP"] == pytest.approx(metrics["AP"])
+    assert "train/loss_cls" in records[1]
     assert (out / "eval" / "0000002" / "metrics.json").is_file()  # the periodic evaluation
 
     # keep the last 2 periodic checkpoints; the final and the best one are never pruned

@@ -228,7 +228,8 @@ def test_coco_json_scored_from_the_dataset_config(coco: Path, tmp_path: Path) ->
     # c3 is missed: COCO AP (2/3 classes perfect) and VOC AP agree on 2/3
     assert metrics["AP"] == pytest.approx(2 / 3)
     assert metrics["voc"]["per_class_AP"] == pytest.approx({"c3": 0.0, "c7": 1.0, "c11": 1.0})
-    assert json.loads((tmp_path / "metrics.json").read_text())["voc"]["mAP"] == pytest.approx(2 / 3)
+    scores = tmp_path / "dets.metrics.json"  # beside the results, under their name (issue 13)
+    assert json.loads(scores.read_text())["voc"]["mAP"] == pytest.approx(2 / 3)
 
 
 def test_coco_results_to_outputs_covers_every_image_and_converts_boxes(coco: Path) -> None:

@@ -157,8 +157,8 @@ def _train(cfg: DictConfig, ctx: DistributedContext, device: torch.device) -> di
     except FloatingPointError as err:
         last = last_good_checkpoint(output_dir)
         raise FloatingPointError(
-            f"{err} The last good checkpoint (every tensor finite) is "
-            f"{last or 'none (none was written yet)'}; it was not overwritten."
+            f"{err} The last good checkpoint is {last or 'none (none was written yet)'} "
+            "(every tensor finite); it was not overwritten."
         ) from err
     except Exception as err:
         final = output_dir / FINAL_NAME
