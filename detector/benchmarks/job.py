@@ -26,6 +26,7 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import detector  # noqa: F401  (registers the config resolvers)
@@ -55,8 +56,6 @@ def compose_job_config(config_name: str, overrides: Sequence[str]) -> DictConfig
 def _run_dir(output_dir: str | None) -> Path:
     """``<output_dir>/job``; without ``output_dir``, in the Hydra run directory."""
     if not output_dir:
-        from hydra.core.hydra_config import HydraConfig
-
         if not HydraConfig.initialized():
             raise ValueError("output_dir is null and no Hydra run directory exists; set it")
         output_dir = HydraConfig.get().runtime.output_dir
