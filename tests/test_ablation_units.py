@@ -56,6 +56,11 @@ def test_summary_and_paired_differences():
     assert d["mean"] == pytest.approx(0.08) and d["spread"] == pytest.approx(0.02)
     assert paired_delta(runs, base[:1], "AP") is None
     assert summarize([{"AP": math.nan}], ["AP"]) == {}
+    # a trick that costs AP: the differences are negative and still counted
+    worse = paired_delta(base, runs, "AP")  # per seed -0.10 and -0.06
+    assert worse["mean"] == pytest.approx(-0.08) and worse["values"] == pytest.approx([-0.1, -0.06])
+    # a pair with COCO's -1 on either side is left out, the rest kept
+    assert paired_delta(runs, [{"APl": 0.5}, {"APl": 0.2}], "APl") is None
 
 
 def test_rows_run_per_seed_and_ensembles_join_the_seeds():

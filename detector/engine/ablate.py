@@ -125,20 +125,32 @@ def evaluate_run(
     return numbers
 
 
+def _valid(value: Any) -> bool:
+    """A metric value that counts: present, not NaN, and not COCO's -1 (no such object)."""
+    return value is not None and not math.isnan(float(value)) and float(value) >= 0
+
+
+def _stat(values: Sequence[float]) -> dict[str, Any] | None:
+    """``{"mean", "spread", "values"}`` (spread: half the range; 0 for one value)."""
+    if not values:
+        return None
+    values = [float(v) for v in values]
+    return {
+        "mean": statistics.fmean(values),
+        "spread": (max(values) - min(values)) / 2,
+        "values": values,
+    }
+
+
 def summarize(runs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
     """``{key: {"mean", "spread", "values"}}`` over the runs (spread: half the range, so a
     value is mean +- spread; 0 for one run). Missing, NaN and COCO's -1 (no such object)
     values are left out."""
     out: dict[str, Any] = {}
     for key in keys:
-        values = [
-            float(r[key])
-            for r in runs
-            if r.get(key) is not None and not math.isnan(float(r[key])) and float(r[key]) >= 0
-        ]
-        if values:
-            spread = (max(values) - min(values)) / 2
-            out[key] = {"mean": statistics.fmean(values), "spread": spread, "values": values}
+        stat = _stat([r[key] for r in runs if _valid(r.get(key))])
+        if stat is not None:
+            out[key] = stat
     return out
 
 
@@ -146,15 +158,17 @@ def paired_delta(
     runs: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]], key: str
 ) -> dict[str, Any] | None:
     """Mean and spread of the per-seed differences ``runs[i][key] - base[i][key]`` (None unless
-    both have the same number of runs)."""
+    both have the same number of runs). A difference may be negative; pairs where either side
+    is missing, NaN or -1 are left out."""
     if len(runs) != len(base) or not runs:
         return None
-    diffs = [
-        {key: float(r[key]) - float(b[key])}
-        for r, b in zip(runs, base)
-        if r.get(key) is not None and b.get(key) is not None
-    ]
-    return summarize(diffs, [key]).get(key)
+    return _stat(
+        [
+            float(r[key]) - float(b[key])
+            for r, b in zip(runs, base)
+            if _valid(r.get(key)) and _valid(b.get(key))
+        ]
+    )
 
 
 def run_ablation(cfg: DictConfig, output_dir: Path) -> list[dict[str, Any]]:
