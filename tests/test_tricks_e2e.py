@@ -218,3 +218,33 @@ def test_ablation_table(runs, plain_metrics):
     assert re.search(r"\| \+multi-scale testing +\| +paper +\| +1 \|", table)
     assert re.search(r"\| baseline +\| +standard +\| +2 \| +[0-9.]+ ± 0\.0 \|", table)
     assert "skipped: an ensemble needs two runs" in table
+
+
+def test_ablation_resume_reuses_only_matching_results(runs, monkeypatch):
+    """``resume=true`` reads a row's saved numbers back when its config and checkpoint files
+    match, and evaluates again when either changed; ``diagnostics`` as a list picks rows."""
+    import detector.engine.ablate as ablate
+
+    out = runs["tmp"] / "ablation_resume"
+    overrides = [
+        f"dataset.root={runs['root']}",
+        *TINY[:7],
+        "dataloader.num_workers=0",
+        f"checkpoints.baseline={runs['plain']}",
+        "diagnostics=[voting only]",
+        "resume=true",
+    ]
+    first = run_ablation(compose_config("ablate", overrides), out)
+    ran = [r["name"] for r in first if "runs" in r]
+    assert ran == ["baseline", "+box refinement", "diag: box voting only, no refinement pass"]
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("resume=true evaluated a row whose result was saved")
+
+    monkeypatch.setattr(ablate, "validate", no_evaluation)
+    again = run_ablation(compose_config("ablate", overrides), out)
+    assert [r["runs"] for r in again if "runs" in r] == [r["runs"] for r in first if "runs" in r]
+    # another NMS threshold for the refinement row: that row alone is evaluated again
+    changed = compose_config("ablate", [*overrides, "tests.box_refinement.wrapper.nms_thresh=0.4"])
+    with pytest.raises(AssertionError, match="evaluated a row"):
+        run_ablation(changed, out)

@@ -61,10 +61,19 @@ def row_runs(cfg: DictConfig, row: Mapping[str, Any]) -> list[tuple[str, list[st
     return [(everyone[0], everyone[1:])] if everyone else []
 
 
+def diagnostic_selected(cfg: DictConfig, name: str) -> bool:
+    """``cfg.diagnostics``: false (none), true (all), or a list of strings, each selecting the
+    diagnostic rows whose name contains it (case-insensitive)."""
+    chosen = cfg.get("diagnostics")
+    if isinstance(chosen, ListConfig | list | tuple):
+        return any(str(part).lower() in name.lower() for part in chosen)
+    return bool(chosen)
+
+
 def row_skip_reason(cfg: DictConfig, row: Mapping[str, Any]) -> str | None:
     """Why ``row`` cannot run (diagnostics off, a missing checkpoint, a one-model ensemble)."""
-    if row.get("diagnostic") and not cfg.get("diagnostics"):
-        return "diagnostic rows off (diagnostics=true)"
+    if row.get("diagnostic") and not diagnostic_selected(cfg, row["name"]):
+        return "diagnostic rows off (diagnostics=true, or a list of parts of row names)"
     if not checkpoint_list(cfg, row["checkpoint"]):
         return f"no checkpoints.{row['checkpoint']}"
     if row.get("ensemble") and not row_runs(cfg, row)[0][1]:
@@ -97,6 +106,26 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "row"
 
 
+#: Per-run result file under ``rows/<row>/run<i>/``; reused by ``resume=true``.
+RUN_RESULT = "run.json"
+
+
+def run_fingerprint(run: DictConfig, paths: Sequence[Path]) -> dict[str, Any]:
+    """What a run's numbers depend on: its resolved config (test, ensemble, model, dataset,
+    eval) and each checkpoint file's size and modification time."""
+    keys = ("model", "test", "ensemble", "dataset", "eval", "pairs")
+    config = {k: OmegaConf.to_container(run[k], resolve=True) for k in keys if run.get(k) is not None}
+    files = []
+    for path in paths:
+        stat = path.stat()
+        files.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return {"config": config, "files": files}
+
+
+def _checkpoint_file(path: Path) -> Path:
+    return path / "model_final.pth" if path.is_dir() and (path / "model_final.pth").exists() else path
+
+
 def evaluate_run(
     cfg: DictConfig,
     row: Mapping[str, Any],
@@ -105,9 +134,21 @@ def evaluate_run(
     out: Path,
     device: torch.device,
 ) -> dict[str, Any]:
-    """One evaluation of ``row``: its metrics (and pair metrics) for ``checkpoint``."""
+    """One evaluation of ``row``: its metrics (and pair metrics) for ``checkpoint``. With
+    ``cfg.resume`` a result saved by an earlier ablation for the same config and checkpoint
+    files is read back instead."""
     model, trained = load_trained(checkpoint, device=device)
     run = row_config(cfg, trained.config, row, trained.path, members)
+    fingerprint = run_fingerprint(
+        run, [_checkpoint_file(Path(p)) for p in [trained.path, *members]]
+    )
+    saved = out / RUN_RESULT
+    if cfg.get("resume") and saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous.get("fingerprint") == json.loads(json.dumps(fingerprint)):
+            logger.info("row %r: reusing %s", row["name"], saved)
+            return previous["numbers"]
+        logger.info("row %r: %s is for another config or checkpoint; evaluating", row["name"], saved)
     logger.info(
         "row %r: %s (+%d members), test=%s", row["name"], trained.path, len(members), row["test"]
     )
@@ -122,6 +163,9 @@ def evaluate_run(
     numbers["seconds_per_image"] = metrics.get("seconds_per_image")
     numbers["checkpoint"] = str(trained.path)
     numbers["members"] = members
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "numbers": numbers}, indent=1) + "\n")
+    tmp.replace(saved)
     return numbers
 
 
