@@ -114,7 +114,9 @@ def run_fingerprint(run: DictConfig, paths: Sequence[Path]) -> dict[str, Any]:
     """What a run's numbers depend on: its resolved config (test, ensemble, model, dataset,
     eval) and each checkpoint file's size and modification time."""
     keys = ("model", "test", "ensemble", "dataset", "eval", "pairs")
-    config = {k: OmegaConf.to_container(run[k], resolve=True) for k in keys if run.get(k) is not None}
+    config = {
+        k: OmegaConf.to_container(run[k], resolve=True) for k in keys if run.get(k) is not None
+    }
     files = []
     for path in paths:
         stat = path.stat()
@@ -123,7 +125,9 @@ def run_fingerprint(run: DictConfig, paths: Sequence[Path]) -> dict[str, Any]:
 
 
 def _checkpoint_file(path: Path) -> Path:
-    return path / "model_final.pth" if path.is_dir() and (path / "model_final.pth").exists() else path
+    return (
+        path / "model_final.pth" if path.is_dir() and (path / "model_final.pth").exists() else path
+    )
 
 
 def evaluate_run(
@@ -148,7 +152,9 @@ def evaluate_run(
         if previous.get("fingerprint") == json.loads(json.dumps(fingerprint)):
             logger.info("row %r: reusing %s", row["name"], saved)
             return previous["numbers"]
-        logger.info("row %r: %s is for another config or checkpoint; evaluating", row["name"], saved)
+        logger.info(
+            "row %r: %s is for another config or checkpoint; evaluating", row["name"], saved
+        )
     logger.info(
         "row %r: %s (+%d members), test=%s", row["name"], trained.path, len(members), row["test"]
     )
