@@ -80,6 +80,9 @@ def test_the_papers_constants_are_the_config_defaults():
     ms = compose_config("eval", ["test=multiscale_paper"]).test.per_model
     assert list(ms.scales) == [200, 400, 600, 800, 1000]
     assert (ms.target_size, ms.reference_scale) == (224, 600)
+    # the carry-over to other sizes: bounded by the training objects (at 600 px on COCO the
+    # bound, 17-347 px, holds 224 px, so there it is the paper's test unchanged)
+    assert ms.target_range == "train_objects"
     paper = compose_config("eval", ["test=paper"]).test
     assert paper.per_model.target_size == 224 and paper.wrapper.nms_thresh == 0.3
     for model in ("faster_rcnn_r101_c4", "faster_rcnn_r50_c4", "faster_rcnn_r18_c4"):
@@ -90,3 +93,4 @@ def test_the_papers_constants_are_the_config_defaults():
     pyramid = compose_config("ablate", ["checkpoints.baseline=x"]).pyramid
     assert list(pyramid.scales) == list(ms.scales) and pyramid.target_size == ms.target_size
     assert pyramid.reference_scale == ms.reference_scale
+    assert pyramid.target_range == ms.target_range

@@ -377,3 +377,19 @@ def test_reference_scale_carries_the_pyramid_and_target_to_the_image_size(images
     ]
     with pytest.raises(ValueError, match="reference_scale"):
         MultiScaleMaxout(model=plain, reference_scale=0)
+
+
+def test_target_range_bounds_the_scaled_target(images, plain):
+    """The scaled target (224 * 96 / 600 = 35.84 px for a 96-px image) is clipped into
+    ``target_range``; inside the range it is the paper's, unchanged."""
+    scaled = 224 * 96 / 600
+    for bounds, expected in (([40, 80], 40.0), ([10, 30], 30.0), ([10, 80], scaled)):
+        ms = MultiScaleMaxout(
+            model=plain, scales=[300, 600], reference_scale=600, target_range=bounds
+        )
+        inputs = ms.preprocess(images)
+        pool = ms.pooler(ms.features(inputs), inputs.image_sizes)
+        assert pool.target_sizes == pytest.approx([expected])
+    for bad in ([50, 40], [0, 10], [10]):
+        with pytest.raises(ValueError, match="target_range"):
+            MultiScaleMaxout(model=plain, target_range=bad)

@@ -205,32 +205,70 @@ def load_trained(checkpoint: str | Path, *, device: torch.device) -> tuple[Faste
 TRAIN_OBJECTS = "train_objects"
 
 
-def train_object_size(cfg: DictConfig) -> float:
-    """The geometric mean side ``sqrt(w * h)`` of the training boxes of ``cfg``'s train split,
-    in pixels of the training scale (``dataset.input.min_sizes_train`` / ``max_size_train``,
-    averaged over the training sizes): the object size the per-region head saw most."""
+def train_object_sides(cfg: DictConfig) -> np.ndarray:
+    """The side ``sqrt(w * h)`` of every training box of ``cfg``'s train split, in pixels of
+    the training scale (``dataset.input.min_sizes_train`` / ``max_size_train``; one value per
+    box and training size): the object sizes the per-region head saw."""
     inputs = cfg.dataset.get("input") or {}
     min_sizes = [float(m) for m in inputs.get("min_sizes_train") or []]
     if not min_sizes:
         raise ValueError(
-            f"test.per_model.target_size={TRAIN_OBJECTS} needs dataset.input.min_sizes_train"
+            f"{TRAIN_OBJECTS} (multi-scale testing) needs dataset.input.min_sizes_train"
         )
     max_size = inputs.get("max_size_train")
-    logs: list[np.ndarray] = []
+    sides: list[np.ndarray] = []
     for record in build_dataset(cfg, "train").records:
         boxes = record.gt_boxes.astype(np.float64)
-        sides = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
         for size in min_sizes:
             scale = size / min(record.height, record.width)
             if max_size is not None:
                 scale = min(scale, float(max_size) / max(record.height, record.width))
-            logs.append(np.log(sides * scale))
-    values = np.concatenate(logs) if logs else np.zeros(0)
+            sides.append(side * scale)
+    values = np.concatenate(sides) if sides else np.zeros(0)
+    values = values[values > 0]
     if values.size == 0:
-        raise ValueError("the train split has no boxes to derive the training object size from")
-    size = float(np.exp(values.mean()))
+        raise ValueError("the train split has no boxes to derive the training object sizes from")
+    return values
+
+
+def train_object_size(cfg: DictConfig) -> float:
+    """The geometric mean of :func:`train_object_sides`: the object size the head saw most."""
+    size = float(np.exp(np.log(train_object_sides(cfg)).mean()))
     logger.info("training object size (geometric mean side at the training scale): %.1f px", size)
     return size
+
+
+#: Percentiles of the training object sides that bound multi-scale testing's target
+#: (``test.per_model.target_range=train_objects``).
+TARGET_PERCENTILES = (10.0, 90.0)
+
+
+def train_object_range(cfg: DictConfig) -> list[float]:
+    """``[low, high]``: the 10th and 90th percentiles of :func:`train_object_sides`."""
+    low, high = (float(v) for v in np.percentile(train_object_sides(cfg), TARGET_PERCENTILES))
+    logger.info(
+        "training object sides, %gth-%gth percentile at the training scale: %.1f-%.1f px",
+        *TARGET_PERCENTILES,
+        low,
+        high,
+    )
+    return [low, high]
+
+
+def _target_range_or_none(cfg: DictConfig) -> list[float] | None:
+    """:func:`train_object_range`, or None (no bound, with a warning) when the train split
+    cannot be read here, e.g. evaluating on a machine that only has the val images."""
+    try:
+        return train_object_range(cfg)
+    except (OSError, ValueError) as err:
+        logger.warning(
+            "multi-scale testing: target_range=%s needs the train split's boxes (%s); the "
+            "target is not bounded",
+            TRAIN_OBJECTS,
+            err,
+        )
+        return None
 
 
 def _wrap(node: Any, model: nn.Module, cfg: DictConfig | None = None) -> nn.Module:
@@ -239,6 +277,9 @@ def _wrap(node: Any, model: nn.Module, cfg: DictConfig | None = None) -> nn.Modu
     if node.get("target_size") == TRAIN_OBJECTS:
         assert cfg is not None
         node = OmegaConf.merge(node, {"target_size": train_object_size(cfg)})
+    if node.get("target_range") == TRAIN_OBJECTS:
+        assert cfg is not None
+        node = OmegaConf.merge(node, {"target_range": _target_range_or_none(cfg)})
     return instantiate(node, model=model, _convert_="all")
 
 

@@ -147,6 +147,10 @@ class MultiScaleMaxout(nn.Module):
             carry-over; ``target_size`` may also come from the object sizes the model trained
             on (``test.per_model.target_size=train_objects``, resolved when the test model is
             built).
+        target_range: ``None``, or ``[low, high]`` pixels that bound the (scaled) target: the
+            sizes the per-region head was trained on (``target_range=train_objects``: the
+            10th-90th percentile of the training object sides), so that the scale rule never
+            sends a RoI to a size the head hardly saw.
     """
 
     def __init__(
@@ -158,8 +162,16 @@ class MultiScaleMaxout(nn.Module):
         target_size: float = 224.0,
         context_scale: str = "pyramid",
         reference_scale: float | None = None,
+        target_range: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if target_range is not None:
+            target_range = tuple(float(v) for v in target_range)
+            if len(target_range) != 2 or not 0 < target_range[0] <= target_range[1]:
+                raise ValueError(
+                    f"target_range must be [low, high] with 0 < low <= high, got {target_range}"
+                )
+        self.target_range = target_range
         if reference_scale is not None and reference_scale <= 0:
             raise ValueError(f"reference_scale must be positive or null, got {reference_scale}")
         if float(target_size) <= 0:
@@ -189,6 +201,14 @@ class MultiScaleMaxout(nn.Module):
         if self.reference_scale is None:
             return 1.0
         return min(image_size) / float(self.reference_scale)
+
+    def target(self, image_size: tuple[int, int]) -> float:
+        """SPP-net's target side for a test image of ``image_size``: ``target_size`` scaled by
+        :meth:`factor`, then bounded by ``target_range``."""
+        target = self.target_size * self.factor(image_size)
+        if self.target_range is not None:
+            target = min(max(target, self.target_range[0]), self.target_range[1])
+        return target
 
     def preprocess(self, images: Sequence[Tensor]) -> PyramidImages:
         base = self.model.preprocess(images)
@@ -225,7 +245,7 @@ class MultiScaleMaxout(nn.Module):
             self.model.pooler(features.base, features.base_sizes),
             base_sizes=features.base_sizes,
             level_sizes=features.level_sizes,
-            target_sizes=[self.target_size * self.factor(s) for s in features.base_sizes],
+            target_sizes=[self.target(s) for s in features.base_sizes],
             context_scale=self.context_scale,
         )
 
