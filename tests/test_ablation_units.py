@@ -7,7 +7,13 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from detector.engine.ablate import checkpoint_list, paired_delta, row_runs, summarize
+from detector.engine.ablate import (
+    checkpoint_list,
+    diagnostic_selected,
+    paired_delta,
+    row_runs,
+    summarize,
+)
 from detector.evaluation.pairs import pair_metrics
 from tests.helpers import compose_config
 
@@ -61,6 +67,16 @@ def test_summary_and_paired_differences():
     assert worse["mean"] == pytest.approx(-0.08) and worse["values"] == pytest.approx([-0.1, -0.06])
     # a pair with COCO's -1 on either side is left out, the rest kept
     assert paired_delta(runs, [{"APl": 0.5}, {"APl": 0.2}], "APl") is None
+    mixed = paired_delta([{"APl": -1.0}, {"APl": 0.3}], [{"APl": 0.5}, {"APl": 0.2}], "APl")
+    assert mixed["values"] == pytest.approx([0.1]) and mixed["spread"] == 0.0
+
+
+def test_diagnostics_select_rows_by_name():
+    name = "diag: box voting only, no refinement pass"
+    for chosen, expected in ((False, False), (True, True), ("voting", True), ("VOTING", True)):
+        assert diagnostic_selected(OmegaConf.create({"diagnostics": chosen}), name) is expected
+    assert diagnostic_selected(OmegaConf.create({"diagnostics": "context"}), name) is False
+    assert diagnostic_selected(OmegaConf.create({"diagnostics": ["x", "only,"]}), name) is True
 
 
 def test_rows_run_per_seed_and_ensembles_join_the_seeds():

@@ -3,8 +3,6 @@ from, on a hand-made VOC folder with known boxes."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -61,8 +59,9 @@ def test_sides_size_and_range(voc):
     voc = _config(voc)
     sides = np.sort(train_object_sides(voc))
     assert sides == pytest.approx([5.0, 10.0, 10.0, 20.0])
-    assert train_object_size(voc) == pytest.approx(math.exp(np.log([5, 10, 10, 20]).mean()))
-    assert train_object_range(voc) == pytest.approx(np.percentile([5, 10, 10, 20], [10, 90]))
+    assert train_object_size(voc) == pytest.approx(10.0)  # (5 * 10 * 10 * 20) ** (1 / 4)
+    # linear interpolation: 5 + 0.3 * (10 - 5) and 10 + 0.7 * (20 - 10)
+    assert train_object_range(voc) == pytest.approx([6.5, 17.0])
 
 
 def test_the_bound_reaches_the_test_model(voc):
@@ -70,8 +69,25 @@ def test_the_bound_reaches_the_test_model(voc):
     cfg = _config(voc, "test=multiscale_paper", "model=faster_rcnn_r18_c4_quick")
     model = build_model(cfg, torch.device("cpu")).eval()
     test_model = build_test_model(cfg, model)
-    assert test_model.target_range == pytest.approx(tuple(np.percentile([5, 10, 10, 20], [10, 90])))
+    assert test_model.target_range == pytest.approx((6.5, 17.0))
     assert test_model.target_size == 224 and test_model.reference_scale == 600
+    # 224 px scaled to a 50-px image is 18.7 px: bounded to the training objects' 17 px
+    assert test_model.target((50, 100)) == pytest.approx(17.0)
+
+
+def test_a_train_objects_target_is_not_scaled_with_the_image(voc):
+    """target_size=train_objects is in the pixels the head trained on: the same target (10 px)
+    for every test image, although the pyramid is scaled by reference_scale."""
+    cfg = _config(
+        voc,
+        "test=multiscale_paper",
+        "model=faster_rcnn_r18_c4_quick",
+        "test.per_model.target_size=train_objects",
+    )
+    test_model = build_test_model(cfg, build_model(cfg, torch.device("cpu")).eval())
+    assert test_model.target_size == pytest.approx(10.0)
+    for size in ((50, 100), (600, 800), (1200, 1600)):
+        assert test_model.target(size) == pytest.approx(10.0)
 
 
 def test_an_unreadable_train_split_leaves_the_target_unbounded(voc, tmp_path, caplog):

@@ -4,6 +4,7 @@ from ../shared when it exists."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -238,13 +239,30 @@ def test_ablation_resume_reuses_only_matching_results(runs, monkeypatch):
     ran = [r["name"] for r in first if "runs" in r]
     assert ran == ["baseline", "+box refinement", "diag: box voting only, no refinement pass"]
 
-    def no_evaluation(*args, **kwargs):
-        raise AssertionError("resume=true evaluated a row whose result was saved")
+    evaluated = []
 
-    monkeypatch.setattr(ablate, "validate", no_evaluation)
+    def recording(run, *args, **kwargs):
+        evaluated.append(run.test.get("wrapper") or {})
+        return ablate_validate(run, *args, **kwargs)
+
+    ablate_validate = ablate.validate
+    monkeypatch.setattr(ablate, "validate", recording)
     again = run_ablation(compose_config("ablate", overrides), out)
+    assert evaluated == []
     assert [r["runs"] for r in again if "runs" in r] == [r["runs"] for r in first if "runs" in r]
     # another NMS threshold for the refinement row: that row alone is evaluated again
     changed = compose_config("ablate", [*overrides, "tests.box_refinement.wrapper.nms_thresh=0.4"])
-    with pytest.raises(AssertionError, match="evaluated a row"):
-        run_ablation(changed, out)
+    run_ablation(changed, out)
+    assert len(evaluated) == 1 and evaluated[0]["nms_thresh"] == 0.4
+    # a rewritten checkpoint file (new modification time): every row is evaluated again
+    ckpt = runs["plain"] / "model_final.pth"
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 1_000_000_000))
+    evaluated.clear()
+    run_ablation(changed, out)
+    assert len(evaluated) == 3
+    # a damaged result file is evaluated again, not an error
+    damaged = next((out / "rows").glob("baseline/run0")) / "run.json"
+    damaged.write_text("{")
+    evaluated.clear()
+    run_ablation(changed, out)
+    assert len(evaluated) == 1

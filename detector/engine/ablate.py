@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from detector.engine.build import build_dataset, load_trained, prepare_dataset, resolve_device
+from detector.engine.build import (
+    build_dataset,
+    build_trained_model,
+    open_run,
+    prepare_dataset,
+    resolve_device,
+)
+from detector.engine.checkpoint import resolve_checkpoint_path
 from detector.engine.validation import validate
 from detector.evaluation.pairs import pair_metrics
 from detector.utils.tables import format_table
@@ -62,9 +69,11 @@ def row_runs(cfg: DictConfig, row: Mapping[str, Any]) -> list[tuple[str, list[st
 
 
 def diagnostic_selected(cfg: DictConfig, name: str) -> bool:
-    """``cfg.diagnostics``: false (none), true (all), or a list of strings, each selecting the
-    diagnostic rows whose name contains it (case-insensitive)."""
+    """``cfg.diagnostics``: false (none), true (all), or a string or list of strings, each
+    selecting the diagnostic rows whose name contains it (case-insensitive)."""
     chosen = cfg.get("diagnostics")
+    if isinstance(chosen, str):
+        chosen = [chosen]
     if isinstance(chosen, ListConfig | list | tuple):
         return any(str(part).lower() in name.lower() for part in chosen)
     return bool(chosen)
@@ -112,10 +121,13 @@ RUN_RESULT = "run.json"
 
 def run_fingerprint(run: DictConfig, paths: Sequence[Path]) -> dict[str, Any]:
     """What a run's numbers depend on: its resolved config (test, ensemble, model, dataset,
-    eval) and each checkpoint file's size and modification time."""
-    keys = ("model", "test", "ensemble", "dataset", "eval", "pairs")
+    eval, device) and each checkpoint file's size and modification time. Not covered: the
+    code's version and the data files' contents."""
+    keys = ("model", "test", "ensemble", "dataset", "eval", "pairs", "device")
     config = {
-        k: OmegaConf.to_container(run[k], resolve=True) for k in keys if run.get(k) is not None
+        k: OmegaConf.to_container(run[k], resolve=True) if OmegaConf.is_config(run[k]) else run[k]
+        for k in keys
+        if run.get(k) is not None
     }
     files = []
     for path in paths:
@@ -124,10 +136,17 @@ def run_fingerprint(run: DictConfig, paths: Sequence[Path]) -> dict[str, Any]:
     return {"config": config, "files": files}
 
 
-def _checkpoint_file(path: Path) -> Path:
-    return (
-        path / "model_final.pth" if path.is_dir() and (path / "model_final.pth").exists() else path
-    )
+def _read_run_result(path: Path) -> dict[str, Any] | None:
+    """A saved ``run.json``, or None (logged) when it is unreadable or incomplete."""
+    try:
+        saved = json.loads(path.read_text())
+        if isinstance(saved, dict) and isinstance(saved.get("numbers"), dict):
+            return saved
+    except (OSError, ValueError) as err:
+        logger.warning("ignoring %s: %s", path, err)
+        return None
+    logger.warning("ignoring %s: no numbers in it", path)
+    return None
 
 
 def evaluate_run(
@@ -141,23 +160,24 @@ def evaluate_run(
     """One evaluation of ``row``: its metrics (and pair metrics) for ``checkpoint``. With
     ``cfg.resume`` a result saved by an earlier ablation for the same config and checkpoint
     files is read back instead."""
-    model, trained = load_trained(checkpoint, device=device)
+    trained = open_run(checkpoint)
     run = row_config(cfg, trained.config, row, trained.path, members)
     fingerprint = run_fingerprint(
-        run, [_checkpoint_file(Path(p)) for p in [trained.path, *members]]
+        run, [trained.path, *(resolve_checkpoint_path(p) for p in members)]
     )
     saved = out / RUN_RESULT
     if cfg.get("resume") and saved.exists():
-        previous = json.loads(saved.read_text())
-        if previous.get("fingerprint") == json.loads(json.dumps(fingerprint)):
+        previous = _read_run_result(saved)
+        if previous is not None and previous.get("fingerprint") == json.loads(
+            json.dumps(fingerprint)
+        ):
             logger.info("row %r: reusing %s", row["name"], saved)
             return previous["numbers"]
-        logger.info(
-            "row %r: %s is for another config or checkpoint; evaluating", row["name"], saved
-        )
+        logger.info("row %r: %s does not match this config or checkpoints", row["name"], saved)
     logger.info(
         "row %r: %s (+%d members), test=%s", row["name"], trained.path, len(members), row["test"]
     )
+    model = build_trained_model(trained, device)
     with torch.inference_mode():
         metrics = validate(run, model, device, out)
     numbers = {k: metrics.get(k) for k in METRICS}

@@ -257,11 +257,12 @@ def train_object_range(cfg: DictConfig) -> list[float]:
 
 
 def _target_range_or_none(cfg: DictConfig) -> list[float] | None:
-    """:func:`train_object_range`, or None (no bound, with a warning) when the train split
-    cannot be read here, e.g. evaluating on a machine that only has the val images."""
+    """:func:`train_object_range`, or None (no bound, with a warning) when the train split's
+    files are not there, e.g. evaluating on a machine that only has the val images. Any other
+    problem with the train split (a bad annotation in strict mode, a class mismatch) is raised."""
     try:
         return train_object_range(cfg)
-    except (OSError, ValueError) as err:
+    except FileNotFoundError as err:
         logger.warning(
             "multi-scale testing: target_range=%s needs the train split's boxes (%s); the "
             "target is not bounded",
@@ -271,15 +272,29 @@ def _target_range_or_none(cfg: DictConfig) -> list[float] | None:
         return None
 
 
-def _wrap(node: Any, model: nn.Module, cfg: DictConfig | None = None) -> nn.Module:
+def resolve_train_objects(node: Any, cfg: DictConfig | None) -> Any:
+    """``node`` (a ``test.per_model`` config) with ``train_objects`` resolved to pixels.
+
+    ``target_range=train_objects``: the training objects' 10th-90th percentile sides.
+    ``target_size=train_objects``: their geometric mean side; being a size in the pixels the
+    head trained on, it is not scaled with the test image, so the range is pinned to it."""
+    if node is None or not isinstance(node, DictConfig):
+        return node
+    wants_size = node.get("target_size") == TRAIN_OBJECTS
+    wants_range = node.get("target_range") == TRAIN_OBJECTS
+    if not (wants_size or wants_range):
+        return node
+    if cfg is None:
+        raise ValueError(f"{TRAIN_OBJECTS} needs the run config to find the train split")
+    if wants_size:
+        size = train_object_size(cfg)
+        return OmegaConf.merge(node, {"target_size": size, "target_range": [size, size]})
+    return OmegaConf.merge(node, {"target_range": _target_range_or_none(cfg)})
+
+
+def _wrap(node: Any, model: nn.Module) -> nn.Module:
     if node is None:
         return model
-    if node.get("target_size") == TRAIN_OBJECTS:
-        assert cfg is not None
-        node = OmegaConf.merge(node, {"target_size": train_object_size(cfg)})
-    if node.get("target_range") == TRAIN_OBJECTS:
-        assert cfg is not None
-        node = OmegaConf.merge(node, {"target_range": _target_range_or_none(cfg)})
     return instantiate(node, model=model, _convert_="all")
 
 
@@ -327,7 +342,8 @@ def build_test_model(cfg: DictConfig, model: FasterRCNN) -> nn.Module:
         # that pay depend on the image size (channels-last only from 400 px on, CPU)
         size = OmegaConf.select(cfg, "dataset.input.min_size_test", default=None)
         members = [optimize_for_inference(m, channels_last=None, image_size=size) for m in members]
-    staged = [_wrap(test_cfg.get("per_model"), m, cfg) for m in members]
+    per_model = resolve_train_objects(test_cfg.get("per_model"), cfg)  # once for all members
+    staged = [_wrap(per_model, m) for m in members]
     if len(staged) == 1:
         return _wrap(test_cfg.get("wrapper"), staged[0])
     ens = cfg.ensemble

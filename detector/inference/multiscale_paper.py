@@ -165,6 +165,11 @@ class MultiScaleMaxout(nn.Module):
         target_range: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(target_range, str):
+            raise ValueError(
+                f"target_range must be [low, high] pixels or null, got {target_range!r} (the "
+                "config value train_objects is resolved by the engine when it builds the test model)"
+            )
         if target_range is not None:
             target_range = tuple(float(v) for v in target_range)
             if len(target_range) != 2 or not 0 < target_range[0] <= target_range[1]:
