@@ -190,3 +190,29 @@ def test_channels_last_training_matches_the_default_layout(tmp_path):
         torch.testing.assert_close(runs["true"][key], value, rtol=1e-4, atol=1e-5)
         moved += 1
     assert moved > 50
+
+
+@pytest.mark.parametrize("selector", ["dataset=synthetic_scenes", "+experiment=scenes"])
+def test_scenes_training_runs(tmp_path, selector):
+    """``python tools/train.py dataset=synthetic_scenes`` (the default model) and the study's
+    ``+experiment=scenes`` train and evaluate on a small generated scenes set, naming its 6
+    classes."""
+    small = {"num_train": 8, "num_val": 3, "image_size": 128, "min_object_size": 8}
+    small.update({"max_object_size": 64, "crowd_min_size": 8, "crowd_max_size": 20})
+    out = tmp_path / "run"
+    cfg = compose_config(
+        "train",
+        [
+            selector,
+            f"dataset.root={tmp_path / 'scenes'}",
+            *[f"dataset.generator.{k}={v}" for k, v in small.items()],
+            *TINY[7:],
+            "dataset.input.min_size_test=128",
+            "train.eval_period=0",
+            f"output_dir={out}",
+        ],
+    )
+    metrics = train(cfg)
+    assert 0.0 <= metrics["AP"] <= 1.0
+    assert load_checkpoint(out)["class_names"] == list(cfg.dataset.class_names)
+    assert len(cfg.dataset.class_names) == 6
