@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from detector.engine.build import merge_run_config
 from detector.engine.eval_checkpoint import evaluate
 from tests.helpers import REPO_ROOT, TINY, compose_config
 
@@ -41,3 +42,28 @@ def test_multirun_jobs_get_their_own_dirs_and_eval_rebuilds_the_model(tmp_path: 
     metrics = evaluate(compose_config("eval", args), args)
     assert metrics["num_images"] == 4
     assert (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_eval_overrides_reach_the_values_derived_from_them():
+    """A run's saved config is resolved; overriding the test size or the data root at
+    evaluation must still reach the val transforms and the split roots derived from them,
+    while a value the run set by hand stays."""
+    trained = compose_config(
+        "train", ["dataset=bccd", "dataset.root=/old", "dataset.input.min_size_test=320"]
+    )
+    saved = OmegaConf.create(OmegaConf.to_container(trained, resolve=True))
+    saved.dataset.train.transforms.max_size = 999  # set by hand in the run: must stay
+    overrides = [
+        "dataset.input.min_size_test=213",
+        "dataset.root=/new",
+        "dataset.input.max_size_train=500",
+    ]
+    composed = compose_config("eval", ["checkpoint=x", *overrides])
+    merged = merge_run_config(saved, composed, overrides)
+    assert merged.dataset.val.transforms.min_sizes == [213]
+    assert merged.dataset.val.root == "/new" and merged.dataset.train.root == "/new"
+    assert merged.dataset.train.transforms.max_size == 999
+    assert merged.dataset.class_names == ["RBC", "WBC", "Platelets"]  # untouched
+    assert merged.dataset.train.transforms.min_sizes == [480]  # bccd's training size, untouched
+    # without overrides nothing moves
+    assert merge_run_config(saved, composed, []).dataset.val.transforms.min_sizes == [320]

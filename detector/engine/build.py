@@ -18,6 +18,7 @@ calls them.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,12 +146,95 @@ def merge_run_config(
     value. Everything else keeps the values the model was trained with.
     """
     merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    keys = []
     for ov in overrides:
         key = override_key(ov)
         if key is None or key.split(".")[0] in EVAL_KEYS:
             continue
         value = OmegaConf.select(composed, key, throw_on_missing=False)
         OmegaConf.update(merged, key, value, merge=False, force_add=True)
+        keys.append(key)
+    for path, raw in derived_values(saved, composed, keys):
+        logger.info("%s follows the override: %s", path, raw)
+        OmegaConf.update(merged, path, raw, merge=False)
+    return _with_defaults(merged, composed)
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _interpolated_leaves(node: Any, path: str = "") -> list[tuple[str, Any, set[str]]]:
+    """``(dict key path, raw value, referenced keys)`` of every value of a raw (unresolved)
+    config container that interpolates other keys; a list is reported whole, under its key."""
+    found: list[tuple[str, Any, set[str]]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if isinstance(v, dict):
+                found += _interpolated_leaves(v, sub)
+                continue
+            strings = [x for x in v if isinstance(x, str)] if isinstance(v, list) else [v]
+            refs = {m for x in strings if isinstance(x, str) for m in _REFERENCE.findall(x)}
+            if refs:
+                found.append((sub, v, refs))
+    return found
+
+
+def _depends(refs: set[str], keys: set[str]) -> bool:
+    return any(r == k or r.startswith(k + ".") or k.startswith(r + ".") for r in refs for k in keys)
+
+
+def derived_values(
+    saved: DictConfig, composed: DictConfig, keys: Sequence[str]
+) -> list[tuple[str, Any]]:
+    """Saved values that were derived from an overridden key and must follow it.
+
+    A run's saved config is resolved: ``dataset.val.transforms.min_sizes`` holds ``[320]``, not
+    ``${dataset.input.min_size_test}``, so overriding the input size (or ``dataset.root``) at
+    evaluation would otherwise change nothing. Every value that the composed config writes as an
+    interpolation of an overridden key (directly or through another derived value) gets its
+    interpolation back, provided that the saved value is what that interpolation gave in the
+    saved run (a value the user had set by hand stays). Returns ``(path, raw value)`` pairs.
+    """
+    raw = OmegaConf.to_container(composed, resolve=False)
+    leaves = _interpolated_leaves(raw)
+    changed, chosen = set(keys), {}
+    while True:
+        new = [
+            (p, v)
+            for p, v, refs in leaves
+            if p not in chosen and not _depends({p}, set(keys)) and _depends(refs, changed)
+        ]
+        new = [(p, v) for p, v in new if _was_derived(saved, p, v)]
+        if not new:
+            break
+        for p, v in new:
+            chosen[p] = v
+            changed.add(p)
+    return list(chosen.items())
+
+
+def _was_derived(saved: DictConfig, path: str, raw: Any) -> bool:
+    """Whether ``path`` of the saved config equals ``raw`` resolved within the saved config."""
+    if OmegaConf.select(saved, path, throw_on_missing=False, default=_MISSING) is _MISSING:
+        return False
+    trial = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    try:
+        OmegaConf.update(trial, path, raw, merge=False)
+        return _plain(trial, path) == _plain(saved, path)
+    except Exception:  # an interpolation that does not resolve in the saved run: not derived
+        return False
+
+
+def _plain(cfg: DictConfig, path: str) -> Any:
+    value = OmegaConf.select(cfg, path)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+_MISSING = object()
+
+
+def _with_defaults(merged: DictConfig, composed: DictConfig) -> DictConfig:
     for key in ("eval", "device", "output_dir", "dataloader"):
         if key not in merged and key in composed:
             merged[key] = composed[key]
