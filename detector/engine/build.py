@@ -143,7 +143,8 @@ def merge_run_config(
     """The saved run config with the user's overrides taken from the freshly composed config.
 
     A group override (``dataset=bccd``) replaces the whole node; a dotted override replaces one
-    value. Everything else keeps the values the model was trained with.
+    value; saved values derived from an overridden key follow it (:func:`derived_values`).
+    Everything else keeps the values the model was trained with.
     """
     merged = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
     keys = []
@@ -157,9 +158,13 @@ def merge_run_config(
     for path, raw in derived_values(saved, composed, keys):
         logger.info("%s follows the override: %s", path, raw)
         OmegaConf.update(merged, path, raw, merge=False)
-    return _with_defaults(merged, composed)
+    for key in ("eval", "device", "output_dir", "dataloader"):
+        if key not in merged and key in composed:
+            merged[key] = composed[key]
+    return merged
 
 
+_MISSING = object()
 _REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
 
 
@@ -167,16 +172,15 @@ def _interpolated_leaves(node: Any, path: str = "") -> list[tuple[str, Any, set[
     """``(dict key path, raw value, referenced keys)`` of every value of a raw (unresolved)
     config container that interpolates other keys; a list is reported whole, under its key."""
     found: list[tuple[str, Any, set[str]]] = []
-    if isinstance(node, dict):
-        for k, v in node.items():
-            sub = f"{path}.{k}" if path else str(k)
-            if isinstance(v, dict):
-                found += _interpolated_leaves(v, sub)
-                continue
-            strings = [x for x in v if isinstance(x, str)] if isinstance(v, list) else [v]
-            refs = {m for x in strings if isinstance(x, str) for m in _REFERENCE.findall(x)}
-            if refs:
-                found.append((sub, v, refs))
+    for k, v in node.items():
+        sub = f"{path}.{k}" if path else str(k)
+        if isinstance(v, dict):
+            found += _interpolated_leaves(v, sub)
+            continue
+        items = v if isinstance(v, list) else [v]
+        refs = {m for x in items if isinstance(x, str) for m in _REFERENCE.findall(x)}
+        if refs:
+            found.append((sub, v, refs))
     return found
 
 
@@ -196,16 +200,20 @@ def derived_values(
     interpolation back, provided that the saved value is what that interpolation gave in the
     saved run (a value the user had set by hand stays). Returns ``(path, raw value)`` pairs.
     """
-    raw = OmegaConf.to_container(composed, resolve=False)
-    leaves = _interpolated_leaves(raw)
-    changed, chosen = set(keys), {}
+    if not keys:
+        return []
+    leaves = _interpolated_leaves(OmegaConf.to_container(composed, resolve=False))
+    # the saved run with the interpolations tried so far put back: each must resolve to the
+    # value the run saved, so the copy keeps resolving like the saved run
+    trial = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    overridden, changed, chosen = set(keys), set(keys), {}
     while True:
         new = [
             (p, v)
             for p, v, refs in leaves
-            if p not in chosen and not _depends({p}, set(keys)) and _depends(refs, changed)
+            if p not in chosen and not _depends({p}, overridden) and _depends(refs, changed)
         ]
-        new = [(p, v) for p, v in new if _was_derived(saved, p, v)]
+        new = [(p, v) for p, v in new if _was_derived(trial, saved, p, v)]
         if not new:
             break
         for p, v in new:
@@ -214,31 +222,25 @@ def derived_values(
     return list(chosen.items())
 
 
-def _was_derived(saved: DictConfig, path: str, raw: Any) -> bool:
-    """Whether ``path`` of the saved config equals ``raw`` resolved within the saved config."""
-    if OmegaConf.select(saved, path, throw_on_missing=False, default=_MISSING) is _MISSING:
+def _was_derived(trial: DictConfig, saved: DictConfig, path: str, raw: Any) -> bool:
+    """Whether ``raw``, put at ``path`` of ``trial`` (a copy of the saved config), resolves to
+    the saved value; if not, the saved value is put back."""
+    before = OmegaConf.select(saved, path, throw_on_missing=False, default=_MISSING)
+    if before is _MISSING:
         return False
-    trial = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
     try:
         OmegaConf.update(trial, path, raw, merge=False)
-        return _plain(trial, path) == _plain(saved, path)
+        if _plain(trial, path) == _plain(saved, path):
+            return True
     except Exception:  # an interpolation that does not resolve in the saved run: not derived
-        return False
+        pass
+    OmegaConf.update(trial, path, before, merge=False)
+    return False
 
 
 def _plain(cfg: DictConfig, path: str) -> Any:
     value = OmegaConf.select(cfg, path)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-_MISSING = object()
-
-
-def _with_defaults(merged: DictConfig, composed: DictConfig) -> DictConfig:
-    for key in ("eval", "device", "output_dir", "dataloader"):
-        if key not in merged and key in composed:
-            merged[key] = composed[key]
-    return merged
 
 
 def load_run_config(checkpoint: Path, ckpt: dict[str, Any]) -> DictConfig:
