@@ -24,11 +24,13 @@ from detector.benchmarks.twin import (
 from detector.modeling.fuse import (
     ConvReLU,
     FusedResidualBlock,
+    FusedTwoMLPHead,
     conv_bn_pairs,
     count_batchnorm,
     fold_batchnorm,
     optimize_for_inference,
 )
+from detector.modeling.roi_heads.fpn import TwoMLPHead
 from tests.helpers import build_model_from_config
 
 BOX_ATOL, SCORE_ATOL = 1e-2, 1e-4
@@ -142,6 +144,20 @@ def test_fused_residual_blocks_compute_the_same_function(
     # under autograd (no fused kernel) the eager fallback computes the same
     x.requires_grad_(True)
     torch.testing.assert_close(fast(x), block(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_mlp_head_computes_the_same_function() -> None:
+    torch.manual_seed(0)
+    head = TwoMLPHead(in_channels=4, resolution=3, representation_size=16).eval()
+    fast = optimize_for_inference(nn.Sequential(head))
+    assert isinstance(fast[0], FusedTwoMLPHead) and fast[0].out_channels == 16
+    x = torch.randn(5, 4, 3, 3)
+    expected = torch.relu(head.fc7(torch.relu(head.fc6(x.reshape(5, 36)))))
+    assert (expected == 0).any() and (expected > 0).any(), "both sides of the ReLU are exercised"
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), expected, atol=1e-5, rtol=1e-5)
+    # the eager fallback (autograd) computes the same
+    torch.testing.assert_close(fast(x.requires_grad_(True)), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_blocks_with_unfolded_batchnorm_are_not_fused() -> None:
