@@ -11,10 +11,8 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from detector.modeling.fuse import optimize_for_inference
 from detector.modeling.parallel_pool import (
-    MIN_PARALLEL_COPY,
     ParallelMultiScaleRoIAlign,
     boxes_to_rois,
-    contiguous_on_threads,
     parallel_roi_align,
 )
 from detector.modeling.poolers import SingleLevelRoIPooler
@@ -54,28 +52,6 @@ def test_same_result_as_roi_align_bit_for_bit(
     rois = boxes_to_rois(boxes)
     small = parallel_roi_align(features, rois[:40], 7, 0.25, workers=2)  # under 2 x 32: one call
     assert torch.equal(small, roi_align(features, rois[:40], 7, 0.25))
-
-
-@pytest.mark.parametrize("workers", [1, 2, 3])
-def test_layout_copy_on_threads_is_contiguous_bit_for_bit(workers: int) -> None:
-    # 37 rows: the row blocks do not divide evenly
-    x = torch.randn(2, 9, 37, MIN_PARALLEL_COPY // (2 * 9 * 37) + 5)
-    nhwc = x.contiguous(memory_format=torch.channels_last)
-    assert not nhwc.is_contiguous() and nhwc.numel() >= MIN_PARALLEL_COPY
-    with torch.inference_mode():
-        got = contiguous_on_threads(nhwc, workers)
-    assert got.is_contiguous() and torch.equal(got, x)
-    assert contiguous_on_threads(x, workers) is x  # already contiguous: no copy
-
-
-def test_channels_last_features_pool_the_same() -> None:
-    features = torch.randn(1, 16, 160, 480)  # over MIN_PARALLEL_COPY elements
-    boxes = [_boxes(100, (640, 1920), seed=3)]
-    expected = roi_align(features, boxes, (7, 7), 0.25, 2)
-    nhwc = features.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        got = parallel_roi_align(nhwc, boxes, (7, 7), 0.25, 2, workers=2)
-    assert torch.equal(got, expected)
 
 
 def test_gradients_match_roi_align() -> None:

@@ -111,7 +111,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     device = resolve_device(str(cfg.device), ctx.local_rank if ctx.is_distributed else None)
     created = init_distributed(ctx, device)
     try:
-        return _train(cfg, ctx, device)
+        result = _train(cfg, ctx, device)
+        if created:
+            # every rank leaves the group together: a rank that tears gloo down while another
+            # is still in the final evaluation could abort at exit ("terminate called without
+            # an active exception", SIGABRT) after a successful run
+            barrier()
+        return result
     finally:
         if created:
             cleanup_distributed()

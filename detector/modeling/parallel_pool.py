@@ -42,33 +42,6 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-#: below this many elements a layout copy runs on the calling thread
-MIN_PARALLEL_COPY = 1 << 20
-
-
-def contiguous_on_threads(x: Tensor, workers: int) -> Tensor:
-    """``x.contiguous()``, bit for bit, with the copy split by rows over ``workers`` threads.
-
-    Converting a channels-last feature map to the NCHW layout the RoIAlign kernel reads is a
-    transpose, and torch runs it on one thread: 66 ms for R50-FPN's P2 at 800x1067 (4% of the
-    optimised inference). Each row block is an independent strided copy (``copy_`` releases
-    the GIL), so the threads share it."""
-    if x.is_contiguous() or workers < 2 or x.dim() < 3 or x.numel() < MIN_PARALLEL_COPY:
-        return x.contiguous()
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    rows = x.shape[-2]
-    step = max(1, -(-rows // (4 * workers)))
-    inference = torch.is_inference_mode_enabled()
-
-    def copy(start: int) -> None:
-        with torch.inference_mode(inference), torch.no_grad():
-            out[..., start : start + step, :].copy_(x[..., start : start + step, :])
-
-    for future in [_executor(workers).submit(copy, i) for i in range(0, rows, step)]:
-        future.result()
-    return out
-
-
 def boxes_to_rois(boxes: list[Tensor]) -> Tensor:
     """``[(R_i, 4)]`` per image -> ``(sum R_i, 5)`` rows ``(image index, x1, y1, x2, y2)``."""
     if not boxes:
@@ -97,7 +70,7 @@ def parallel_roi_align(
     if chunks < 2 or input.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
         return roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
     # the kernel makes its input contiguous: do it once here, not once per thread
-    input = contiguous_on_threads(input, workers) if not input.requires_grad else input.contiguous()
+    input = input.contiguous()
     # grad and inference mode are thread-local: carry the caller's into the workers
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
