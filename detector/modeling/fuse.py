@@ -164,27 +164,31 @@ def count_batchnorm(model: nn.Module) -> int:
 
 
 # --------------------------------------------------------------------------- ReLU fusion
-def _onednn_pointwise_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(
-        torch.ops.mkldnn, "_convolution_pointwise"
+def _onednn_op_available(name: str) -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, name)
+
+
+_ONEDNN_POINTWISE = _onednn_op_available("_convolution_pointwise")
+_ONEDNN_LINEAR = _onednn_op_available("_linear_pointwise")
+
+
+def _fused_kernel_applies(weight: Tensor, x: Tensor) -> bool:
+    """Whether a fused oneDNN kernel (no autograd, float32, CPU) may replace the eager layer
+    of ``weight`` applied to ``x``, here."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_autocast_enabled("cpu")
     )
-
-
-_ONEDNN_POINTWISE = _onednn_pointwise_available()
-_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(
-    torch.ops.mkldnn, "_linear_pointwise"
-)
 
 
 def _use_onednn(conv: nn.Conv2d, x: Tensor) -> bool:
     """Whether the fused oneDNN kernel computes exactly what ``conv`` would, here."""
     return (
         _ONEDNN_POINTWISE
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and conv.weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
+        and _fused_kernel_applies(conv.weight, x)
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
     )
@@ -214,15 +218,7 @@ def conv_add_relu(conv: nn.Conv2d, x: Tensor, other: Tensor) -> Tensor:
 
 def linear_relu(fc: nn.Linear, x: Tensor) -> Tensor:
     """``relu(fc(x))`` for a 2-D ``x``, one oneDNN matrix multiply with a ReLU post-op on CPU."""
-    if (
-        _ONEDNN_LINEAR
-        and x.dim() == 2
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and fc.weight.dtype == torch.float32
-        and not (torch.is_grad_enabled() and (x.requires_grad or fc.weight.requires_grad))
-        and not torch.is_autocast_enabled("cpu")
-    ):
+    if _ONEDNN_LINEAR and x.dim() == 2 and _fused_kernel_applies(fc.weight, x):
         return torch.ops.mkldnn._linear_pointwise(
             x.contiguous(), fc.weight, fc.bias, "relu", [], ""
         )
