@@ -98,7 +98,7 @@ def test_the_papers_constants_are_the_config_defaults():
     assert (ms.target_size, ms.reference_scale) == (224, 600)
     # the carry-over to other sizes: bounded by the training objects (at 600 px on COCO the
     # bound, 17-347 px, holds 224 px, so there it is the paper's test unchanged)
-    assert ms.target_range == "train_objects"
+    assert ms.target_range == "train_objects" and ms.levels_in_range is True
     paper = compose_config("eval", ["test=paper"]).test
     assert paper.per_model.target_size == 224 and paper.wrapper.nms_thresh == 0.3
     for model in ("faster_rcnn_r101_c4", "faster_rcnn_r50_c4", "faster_rcnn_r18_c4"):
@@ -110,3 +110,4 @@ def test_the_papers_constants_are_the_config_defaults():
     assert list(pyramid.scales) == list(ms.scales) and pyramid.target_size == ms.target_size
     assert pyramid.reference_scale == ms.reference_scale
     assert pyramid.target_range == ms.target_range
+    assert pyramid.levels_in_range == ms.levels_in_range

@@ -25,6 +25,7 @@ from detector.data.scenes import (
     APPEARANCE_GROUPS,
     CLASS_SCENES,
     LOOKALIKE_PAIRS,
+    PAIR_SCENES,
     SCENE_CLASSES,
     SCENE_TYPES,
     ScenesConfig,
@@ -102,7 +103,11 @@ def test_meta_holds_every_argument_and_changes_regenerate(tmp_path: Path) -> Non
     root = ensure_scenes_dataset(tmp_path / "s", **SMALL)
     meta = json.loads((root / META_FILE).read_text())
     assert meta["context_gap"] == round(0.1 * SMALL["image_size"])  # None resolved
-    assert set(meta) == {"generator_version", *ScenesConfig.__dataclass_fields__}
+    # swap_pair_scenes came after version 1: it is recorded only when on, so a dataset generated
+    # before it (whose meta.json lacks the key) is still found valid
+    assert set(meta) == {"generator_version", *ScenesConfig.__dataclass_fields__} - {
+        "swap_pair_scenes"
+    }
     (root / "marker.txt").write_text("kept while the arguments match")
     ensure_scenes_dataset(tmp_path / "s", **SMALL)
     assert (root / "marker.txt").exists()
@@ -114,7 +119,8 @@ def test_meta_holds_every_argument_and_changes_regenerate(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "bad",
     [{"crowd_prob": 1.5}, {"image_size": 32}, {"scene_context": "yes"}, {"context_gap": 80},
-     {"crowd_max_size": 100}, {"min_object_szie": 8}],
+     {"crowd_max_size": 100}, {"min_object_szie": 8}, {"swap_pair_scenes": 1},
+     {"swap_pair_scenes": True, "scene_context": False}],
 )  # fmt: skip
 def test_invalid_arguments(tmp_path: Path, bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -172,6 +178,36 @@ def test_forcing_the_other_scene_swaps_the_pair_class_and_nothing_else(
         assert [{pair[0]: pair[1]}.get(n, n) for n in ids_a] == ids_b
         swapped += ids_a.count(pair[0])
     assert swapped >= 5
+
+
+def test_the_scene_swapped_split_changes_the_band_and_the_pair_labels_only(tmp_path: Path) -> None:
+    """The swap diagnostic's promise: every image is drawn with the other scene of its pair,
+    the band differs, every pixel below it and every box is the same, and a pair object's label
+    is the other class of its pair (ball and sign keep theirs)."""
+    other_class = {a: b for pair in LOOKALIKE_PAIRS for a, b in (pair, pair[::-1])}
+    plain = ensure_scenes_dataset(tmp_path / "plain", **SMALL)
+    swapped = ensure_scenes_dataset(tmp_path / "swapped", **SMALL, swap_pair_scenes=True)
+    assert json.loads((swapped / META_FILE).read_text())["swap_pair_scenes"] is True
+    names = {c["id"]: c["name"] for c in _load(plain)["categories"]}
+    flipped = 0
+    for split in ("train", "val"):
+        a, b = _load(plain, split), _load(swapped, split)
+        assert len(a["images"]) == len(b["images"]) == SMALL[f"num_{split}"]
+        for image_a, image_b in zip(a["images"], b["images"], strict=True):
+            assert image_b["scene"] == PAIR_SCENES[image_a["scene"]]
+            band = image_a["band_height"]
+            assert image_b["band_height"] == band
+            pixels_a, pixels_b = _pixels(plain, image_a, split), _pixels(swapped, image_b, split)
+            assert not np.array_equal(pixels_a[:band], pixels_b[:band])
+            assert np.array_equal(pixels_a[band:], pixels_b[band:])
+        anns_a = sorted(a["annotations"], key=lambda ann: ann["id"])
+        anns_b = sorted(b["annotations"], key=lambda ann: ann["id"])
+        assert [ann["bbox"] for ann in anns_a] == [ann["bbox"] for ann in anns_b]
+        for ann_a, ann_b in zip(anns_a, anns_b, strict=True):
+            name_a = names[ann_a["category_id"]]
+            assert names[ann_b["category_id"]] == other_class.get(name_a, name_a)
+            flipped += name_a in other_class
+    assert flipped >= 5
 
 
 def test_pairs_are_one_group_each_and_tied_to_one_scene() -> None:

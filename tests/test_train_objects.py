@@ -71,6 +71,7 @@ def test_the_bound_reaches_the_test_model(voc):
     test_model = build_test_model(cfg, model)
     assert test_model.target_range == pytest.approx((6.5, 17.0))
     assert test_model.target_size == 224 and test_model.reference_scale == 600
+    assert test_model.levels_in_range is True
     # 224 px scaled to a 50-px image is 18.7 px: bounded to the training objects' 17 px
     assert test_model.target((50, 100)) == pytest.approx(17.0)
 
@@ -88,6 +89,8 @@ def test_a_train_objects_target_is_not_scaled_with_the_image(voc):
     assert test_model.target_size == pytest.approx(10.0)
     for size in ((50, 100), (600, 800), (1200, 1600)):
         assert test_model.target(size) == pytest.approx(10.0)
+    # the pinned [10, 10] range only fixes the target: the levels are not restricted to it
+    assert test_model.levels_in_range is False
 
 
 def test_an_unreadable_train_split_leaves_the_target_unbounded(voc, tmp_path, caplog):

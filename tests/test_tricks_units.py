@@ -8,7 +8,7 @@ import torch
 from ensemble_boxes import weighted_boxes_fusion as package_wbf
 
 from detector.inference.resize import box_scale, hflip_boxes, resize_image, resized_size
-from detector.inference.scale_selection import maxout_pool, select_scale_pairs
+from detector.inference.scale_selection import levels_within, maxout_pool, select_scale_pairs
 from detector.inference.wbf import weighted_boxes_fusion
 from detector.modeling.postprocess import box_voting, flatten_predictions, select_detections
 
@@ -106,6 +106,39 @@ def test_select_scale_pairs_hand_computed():
     assert select_scale_pairs(T([]), factors).shape == (0, 2)
     with pytest.raises(ValueError, match="strictly increasing"):
         select_scale_pairs(T([1.0]), T([1.0, 0.5]))
+
+
+def test_levels_kept_in_range_hand_computed():
+    """``levels_in_range``: a 66-px cell on a 320-px image, the paper's pyramid scaled by 320/600
+    (factors 1/3 .. 5/3: sides 22, 44, 66, 88, 110 px), trained on sides 54-82 px. The bounded
+    target (82 px) is closest to 88 px (level 3) and SPP-net pairs it with level 2; in range
+    only level 2 (66 px, also the test scale) is allowed, so the cell is pooled at one scale.
+    A 54-px cell (sides 18, 36, 54, 72, 90) goes to levels 3 and 2 (72 and 54 px) instead of 4
+    and 3 (90 px is above the range)."""
+    factors = T([200.0, 400.0, 600.0, 800.0, 1000.0]) / 600.0
+    areas = T([66.0, 54.0]) ** 2
+    allowed = levels_within(areas, factors, (54.0, 82.0))
+    assert allowed.tolist() == [
+        [False, False, True, False, False],
+        [False, False, True, True, False],
+    ]
+    assert select_scale_pairs(areas, factors, target_size=82.0).tolist() == [[3, 2], [4, 3]]
+    pairs = select_scale_pairs(areas, factors, target_size=82.0, allowed=allowed)
+    assert pairs.tolist() == [[2, 2], [3, 2]]
+    # the test scale is allowed even when the RoI is outside the range there (a 120-px box:
+    # 40, 80, 120, 160, 200 px -> levels 1 (80 px) and 2 (the test scale))
+    big = levels_within(T([120.0**2]), factors, (54.0, 82.0))
+    assert big.tolist() == [[False, True, True, False, False]]
+    assert select_scale_pairs(T([120.0**2]), factors, target_size=82.0, allowed=big).tolist() == [
+        [1, 2]
+    ]
+    # no level allowed (a pyramid without the test scale): every level is, as without a mask
+    none = torch.zeros((1, 5), dtype=torch.bool)
+    assert select_scale_pairs(T([10.0**2]), factors, target_size=82.0, allowed=none).tolist() == [
+        [4, 3]
+    ]
+    with pytest.raises(ValueError, match="allowed"):
+        select_scale_pairs(areas, factors, allowed=allowed[:, :3])
 
 
 def test_maxout_pool_is_elementwise_max_of_the_pair():

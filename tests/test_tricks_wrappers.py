@@ -393,3 +393,25 @@ def test_target_range_bounds_the_scaled_target(images, plain):
     for bad in ([50, 40], [0, 10], [10]):
         with pytest.raises(ValueError, match="target_range"):
             MultiScaleMaxout(model=plain, target_range=bad)
+
+
+def test_levels_in_range_restricts_the_pyramid_pool(images, plain):
+    """``levels_in_range`` hands ``target_range`` to the pool as the sizes to keep RoIs in. A
+    40-px box on the 96-px test image (levels 48, 96, 192 px: the box is 20, 40, 80 px there),
+    target 35.84 px: without the option SPP-net pairs 40 px with 20 px (area distances 315 and
+    885 against 5115 for 80 px); with the range [30, 50] only the test scale is left."""
+    box = [torch.tensor([[10.0, 10.0, 50.0, 50.0]])]
+    pairs = {}
+    for flag in (False, True):
+        ms = MultiScaleMaxout(
+            model=plain,
+            scales=[300, 600, 1200],
+            reference_scale=600,
+            target_range=[30, 50],
+            levels_in_range=flag,
+        )
+        inputs = ms.preprocess(images)
+        pool = ms.pooler(ms.features(inputs), inputs.image_sizes)
+        assert pool.size_range == ((30.0, 50.0) if flag else None)
+        pairs[flag] = pool.scale_pairs(box).tolist()
+    assert pairs == {False: [[1, 0]], True: [[1, 1]]}

@@ -47,6 +47,13 @@ between two masks, diagonals included), so every object is fully visible and its
 tight box of its full mask. Boxes may overlap: up to IoU ``crowd_max_iou`` within a crowd, up to
 :data:`MAX_BOX_IOU` otherwise. Only chevrons, whose boxes are mostly empty, nest closely enough
 to reach box IoU above 0.3 without touching; discs, plus signs and capsules stay below ~0.15.
+
+**The scene-swap diagnostic.** ``swap_pair_scenes=True`` renders every image with the other
+scene of its pair (:data:`PAIR_SCENES`: water <-> road, grass <-> desert; ball and sign images
+of those scenes too). The band and the pair classes change; not one pixel below the band does.
+On such a split a detector that labels a pair from the object's pixels keeps its labels, which
+are now wrong, so its pair accuracy falls from ``p`` to ``1 - p``; one that reads the scene keeps
+``p``. Generate it under its own ``root`` (e.g. ``num_train=0`` and the val split only).
 """
 
 from __future__ import annotations
@@ -105,6 +112,13 @@ GROUP_HUES: Mapping[str, float] = {"hull": 0.0, "peak": 0.25, "ball": 0.5, "cros
 HUE_JITTER = 0.09
 #: Largest height / width of each group's glyph (a size must fit the ground at this aspect).
 GROUP_MAX_ASPECT: Mapping[str, float] = {"hull": 1 / 1.8, "peak": 0.95, "ball": 1.0, "cross": 1.0}
+#: Scene type -> the scene of the other class of its look-alike pair (water <-> road, grass <->
+#: desert); the ``swap_pair_scenes`` diagnostic renders every image with it.
+PAIR_SCENES: Mapping[str, str] = {
+    CLASS_SCENES[a][0]: CLASS_SCENES[b][0]
+    for pair in LOOKALIKE_PAIRS
+    for a, b in (pair, pair[::-1])
+}
 #: Bump when the rendering changes so that cached datasets are regenerated.
 GENERATOR_VERSION = 1
 BAND_FRACTION = (0.25, 0.35)
@@ -143,12 +157,16 @@ class ScenesConfig:
     crowd_min_size: int = 14
     crowd_max_size: int = 40
     crowd_max_iou: float = 0.5
+    swap_pair_scenes: bool = False
 
     def __post_init__(self) -> None:
         if self.context_gap is None:
             object.__setattr__(self, "context_gap", round(0.1 * self.image_size))
-        if not isinstance(self.scene_context, bool):
-            raise ValueError(f"scene_context must be a bool, got {self.scene_context!r}")
+        for name in ("scene_context", "swap_pair_scenes"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.swap_pair_scenes and not self.scene_context:
+            raise ValueError("swap_pair_scenes needs scene_context: without it no scene has a pair")
         for name, low in (
             ("num_train", 0),
             ("num_val", 0),
@@ -230,11 +248,20 @@ def ensure_scenes_dataset(root: str | Path, **generator_args: Any) -> Path:
     return ensure_generated_dataset(root, scenes_spec(config))
 
 
+def _cache_fields(config: ScenesConfig) -> dict[str, Any]:
+    """The config as ``meta.json`` records it. ``swap_pair_scenes`` (added after version 1 of
+    the generator) enters only when set, so that datasets generated before it stay valid."""
+    fields = asdict(config)
+    if not fields["swap_pair_scenes"]:
+        del fields["swap_pair_scenes"]
+    return fields
+
+
 def scenes_spec(config: ScenesConfig) -> GeneratorSpec:
     """What :func:`ensure_scenes_dataset` writes for ``config``."""
     return GeneratorSpec(
         description="synthetic scenes",
-        meta={"generator_version": GENERATOR_VERSION, **asdict(config)},
+        meta={"generator_version": GENERATOR_VERSION, **_cache_fields(config)},
         categories=[
             {"id": k + 1, "name": name, "supercategory": APPEARANCE_GROUPS[name]}
             for k, name in enumerate(SCENE_CLASSES)
@@ -310,7 +337,9 @@ def class_weights(scene: str, *, scene_context: bool) -> np.ndarray:
 def render_scene(
     rng: np.random.Generator, config: ScenesConfig, *, scene: str | None = None
 ) -> SceneImage:
-    """Render one image (see the module doc); ``scene`` replaces the drawn scene type.
+    """Render one image (see the module doc); ``scene`` replaces the drawn scene type, and
+    without it ``config.swap_pair_scenes`` replaces it by the other scene of its pair
+    (:data:`PAIR_SCENES`).
 
     Layout, band, ground and objects draw from separate child streams of ``rng``, so the ground
     and the objects do not depend on the band painter. Forcing the other scene of a pair (water
@@ -323,7 +352,7 @@ def render_scene(
     height, width = (short, size) if layout_rng.random() < 0.5 else (size, short)
     drawn = SCENE_TYPES[int(layout_rng.integers(len(SCENE_TYPES)))]
     if scene is None:
-        scene = drawn
+        scene = PAIR_SCENES[drawn] if config.swap_pair_scenes else drawn
     elif scene not in SCENE_TYPES:
         raise ValueError(f"scene must be one of {SCENE_TYPES}, got {scene!r}")
     band_height = round(layout_rng.uniform(*BAND_FRACTION) * height)

@@ -351,7 +351,7 @@ def _target_range_or_none(cfg: DictConfig) -> list[float] | None:
     except FileNotFoundError as err:
         logger.warning(
             "multi-scale testing: target_range=%s needs the train split's boxes (%s); the "
-            "target is not bounded",
+            "target is not bounded (nor the levels kept in range)",
             TRAIN_OBJECTS,
             err,
         )
@@ -374,7 +374,11 @@ def resolve_train_objects(node: Any, cfg: DictConfig | None) -> Any:
         raise ValueError(f"{TRAIN_OBJECTS} needs the run config to find the train split")
     if wants_size:
         size = train_object_size(cfg)
-        return OmegaConf.merge(node, {"target_size": size, "target_range": [size, size]})
+        # the pinned range only fixes the target; it is no range of sizes to keep levels in
+        pinned: dict[str, Any] = {"target_size": size, "target_range": [size, size]}
+        if "levels_in_range" in node:
+            pinned["levels_in_range"] = False
+        return OmegaConf.merge(node, pinned)
     return OmegaConf.merge(node, {"target_range": _target_range_or_none(cfg)})
 
 

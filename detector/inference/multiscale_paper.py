@@ -17,7 +17,8 @@ asks for the whole-image box with ``whole_image=True``: with ``context_scale="py
 (default) it goes through the same scale choice and maxout as any RoI; with ``"test"`` it is
 pooled once, on the test-scale features, as in training (the SPP-net rule sends a whole-image
 box to the small end of the pyramid, a view a single-scale model never saw;
-docs/ablation_synthetic.md).
+docs/ablation_synthetic.md). With ``levels_in_range`` a box larger than the training objects,
+the whole-image box included, is kept at the test scale by the range rule itself.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_area
 
 from detector.inference.resize import box_scale, resize_image
-from detector.inference.scale_selection import maxout_pool, select_scale_pairs
+from detector.inference.scale_selection import levels_within, maxout_pool, select_scale_pairs
 from detector.modeling.postprocess import Detections
 from detector.modeling.staged import Pool, PoolingDetector, require_staged, staged_inference
 
@@ -78,6 +79,7 @@ class PyramidPool:
         level_sizes: list[list[tuple[int, int]]],
         target_sizes: list[float],
         context_scale: str,
+        size_range: tuple[float, float] | None = None,
     ) -> None:
         self.level_pools = list(level_pools)
         self.base_pool = base_pool
@@ -85,6 +87,7 @@ class PyramidPool:
         self.level_sizes = level_sizes
         self.target_sizes = target_sizes  # per image, in its test-scale pixels
         self.context_scale = context_scale
+        self.size_range = size_range  # levels restricted to it (levels_in_range), or None
 
     def scale_pairs(self, boxes: list[Tensor]) -> Tensor:
         """(sum R_i, 2) pyramid level indices of every box (SPP-net rule, image by image)."""
@@ -92,8 +95,15 @@ class PyramidPool:
         for i, b in enumerate(boxes):
             h, w = self.base_sizes[i]
             factors = [(lvl[i][0] * lvl[i][1] / (h * w)) ** 0.5 for lvl in self.level_sizes]
-            target = self.target_sizes[i]
-            pairs.append(select_scale_pairs(box_area(b), torch.tensor(factors), target_size=target))
+            target, areas = self.target_sizes[i], box_area(b)
+            allowed = None
+            if self.size_range is not None:
+                allowed = levels_within(areas, torch.tensor(factors), self.size_range)
+            pairs.append(
+                select_scale_pairs(
+                    areas, torch.tensor(factors), target_size=target, allowed=allowed
+                )
+            )
         return torch.cat(pairs).to(boxes[0].device)
 
     def __call__(self, boxes: list[Tensor], whole_image: bool = False) -> Tensor:
@@ -150,7 +160,12 @@ class MultiScaleMaxout(nn.Module):
         target_range: ``None``, or ``[low, high]`` pixels that bound the (scaled) target: the
             sizes the per-region head was trained on (``target_range=train_objects``: the
             10th-90th percentile of the training object sides), so that the scale rule never
-            sends a RoI to a size the head hardly saw.
+            aims a RoI at a size the head hardly saw.
+        levels_in_range: with ``target_range``, also restrict each RoI's two levels to those
+            at which its side lies within ``target_range``, plus the test scale itself (where
+            training showed the head objects of every size): a RoI whose neighbour level would
+            be a size the head hardly saw is pooled at one scale. Without it the bounded target
+            still picks the closest level, and its neighbour can lie outside the range.
     """
 
     def __init__(
@@ -163,6 +178,7 @@ class MultiScaleMaxout(nn.Module):
         context_scale: str = "pyramid",
         reference_scale: float | None = None,
         target_range: Sequence[float] | None = None,
+        levels_in_range: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(target_range, str):
@@ -177,6 +193,7 @@ class MultiScaleMaxout(nn.Module):
                     f"target_range must be [low, high] with 0 < low <= high, got {target_range}"
                 )
         self.target_range = target_range
+        self.levels_in_range = bool(levels_in_range)
         if reference_scale is not None and reference_scale <= 0:
             raise ValueError(f"reference_scale must be positive or null, got {reference_scale}")
         if float(target_size) <= 0:
@@ -252,6 +269,7 @@ class MultiScaleMaxout(nn.Module):
             level_sizes=features.level_sizes,
             target_sizes=[self.target(s) for s in features.base_sizes],
             context_scale=self.context_scale,
+            size_range=self.target_range if self.levels_in_range else None,
         )
 
     def predict(

@@ -12,7 +12,11 @@ from torch import Tensor
 
 
 def select_scale_pairs(
-    areas: Tensor, scale_factors: Tensor, *, target_size: float = 224.0
+    areas: Tensor,
+    scale_factors: Tensor,
+    *,
+    target_size: float = 224.0,
+    allowed: Tensor | None = None,
 ) -> Tensor:
     """Two adjacent pyramid scales per RoI.
 
@@ -25,6 +29,10 @@ def select_scale_pairs(
         areas: (R,) RoI areas in pixels of the image the RoIs are given in.
         scale_factors: (S,) strictly increasing linear factors from that image to each pyramid
             level (the area scales by the factor squared).
+        allowed: optional (R, S) bool, the levels each RoI may be pooled at (see
+            :func:`levels_within`). Both scales are chosen among them by the same rule: the
+            closest allowed level, and its neighbour only if that is allowed too (else the
+            closest twice, i.e. one scale). A RoI with no allowed level uses every level.
 
     Returns:
         (R, 2) int64 scale indices ``[closest, neighbour]``.
@@ -35,6 +43,13 @@ def select_scale_pairs(
             f"scale_factors must be positive and strictly increasing, got {f.tolist()}"
         )
     dist = (areas.to(torch.float64)[:, None] * f[None, :] ** 2 - float(target_size) ** 2).abs()
+    if allowed is not None:
+        if allowed.shape != dist.shape:
+            raise ValueError(
+                f"allowed must be (R, S) = {tuple(dist.shape)}, got {tuple(allowed.shape)}"
+            )
+        allowed = allowed.to(dist.device) | ~allowed.any(dim=1, keepdim=True)
+        dist = torch.where(allowed, dist, torch.full_like(dist, float("inf")))
     best = dist.argmin(dim=1)
     num = f.numel()
     if num == 1:
@@ -43,7 +58,24 @@ def select_scale_pairs(
     lower, upper = (best - 1).clamp(min=0), (best + 1).clamp(max=num - 1)
     d_lower = torch.where(best > 0, dist.gather(1, lower[:, None])[:, 0], inf)
     d_upper = torch.where(best < num - 1, dist.gather(1, upper[:, None])[:, 0], inf)
-    return torch.stack([best, torch.where(d_lower <= d_upper, lower, upper)], dim=1)
+    neighbour = torch.where(d_lower <= d_upper, lower, upper)
+    # no allowed neighbour (both at infinity): the closest level alone
+    neighbour = torch.where(torch.minimum(d_lower, d_upper).isinf(), best, neighbour)
+    return torch.stack([best, neighbour], dim=1)
+
+
+def levels_within(
+    areas: Tensor, scale_factors: Tensor, size_range: tuple[float, float], *, native: float = 1.0
+) -> Tensor:
+    """(R, S) bool: the pyramid levels at which a RoI's side (the square root of its area)
+    lies within ``size_range`` pixels, plus the level whose factor is ``native`` (the test
+    scale, where the model saw objects of every size during training), if the pyramid has one.
+    """
+    f = torch.as_tensor(scale_factors, dtype=torch.float64, device=areas.device).reshape(-1)
+    sides = areas.to(torch.float64).clamp(min=0).sqrt()[:, None] * f[None, :]
+    low, high = size_range
+    inside = (sides >= low) & (sides <= high)
+    return inside | ((f - native).abs() < 1e-6)[None, :]
 
 
 def maxout_pool(pairs: Tensor, pool_at_scale: Callable[[int, Tensor], Tensor]) -> Tensor:
