@@ -97,7 +97,7 @@ def test_the_papers_constants_are_the_config_defaults():
     assert list(ms.scales) == [200, 400, 600, 800, 1000]
     assert (ms.target_size, ms.reference_scale) == (224, 600)
     # the carry-over to other sizes: bounded by the training objects (at 600 px on COCO the
-    # bound, 17-347 px, holds 224 px, so there it is the paper's test unchanged)
+    # bound, 17-347 px, holds 224 px, and every RoI below ~520 px keeps SPP-net's pair)
     assert ms.target_range == "train_objects" and ms.levels_in_range is True
     paper = compose_config("eval", ["test=paper"]).test
     assert paper.per_model.target_size == 224 and paper.wrapper.nms_thresh == 0.3

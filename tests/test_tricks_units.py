@@ -132,6 +132,14 @@ def test_levels_kept_in_range_hand_computed():
     assert select_scale_pairs(T([120.0**2]), factors, target_size=82.0, allowed=big).tolist() == [
         [1, 2]
     ]
+    # a 40-px box, below the range at the test scale (13.3, 26.7, 40, 53.3, 66.7 px): the
+    # enlarged 53.3-px level moves it toward the range and stays allowed, so SPP-net's pair
+    # (66.7 and 53.3 px) is kept; the shrunk levels are not
+    small = levels_within(T([40.0**2]), factors, (54.0, 82.0))
+    assert small.tolist() == [[False, False, True, True, True]]
+    assert select_scale_pairs(T([40.0**2]), factors, target_size=82.0, allowed=small).tolist() == [
+        [4, 3]
+    ]
     # no level allowed (a pyramid without the test scale): every level is, as without a mask
     none = torch.zeros((1, 5), dtype=torch.bool)
     assert select_scale_pairs(T([10.0**2]), factors, target_size=82.0, allowed=none).tolist() == [
@@ -139,6 +147,19 @@ def test_levels_kept_in_range_hand_computed():
     ]
     with pytest.raises(ValueError, match="allowed"):
         select_scale_pairs(areas, factors, allowed=allowed[:, :3])
+
+
+def test_levels_in_range_keeps_the_papers_pairs_on_coco_at_600_px():
+    """At the paper's setting (600-px test images, COCO's 17-347 px training objects) the level
+    rule changes no RoI up to 520 px; above, the RoI goes to the 200-px level alone."""
+    factors = T([200.0, 400.0, 600.0, 800.0, 1000.0]) / 600.0
+    sides = torch.arange(1, 1001, dtype=torch.float64)
+    allowed = levels_within(sides**2, factors, (17.0, 347.0))
+    kept = select_scale_pairs(sides**2, factors, target_size=224, allowed=allowed)
+    paper = select_scale_pairs(sides**2, factors, target_size=224)
+    changed = (kept != paper).any(dim=1)
+    assert not changed[:520].any() and changed[520:].all()
+    assert (kept[520:] == 0).all()
 
 
 def test_maxout_pool_is_elementwise_max_of_the_pair():

@@ -415,3 +415,18 @@ def test_levels_in_range_restricts_the_pyramid_pool(images, plain):
         assert pool.size_range == ((30.0, 50.0) if flag else None)
         pairs[flag] = pool.scale_pairs(box).tolist()
     assert pairs == {False: [[1, 0]], True: [[1, 1]]}
+
+
+def test_levels_in_range_warns_when_the_test_scale_is_no_level(images, plain, caplog):
+    """Without a pyramid level at the test scale there is nowhere to keep a RoI that no level
+    brings within the training sizes: said once, with the pyramid."""
+    for scales, warned in (([300, 600, 1200], False), ([300, 1200], True)):
+        caplog.clear()
+        ms = MultiScaleMaxout(
+            model=plain, scales=scales, reference_scale=600, target_range=[30, 50],
+            levels_in_range=True,
+        )  # fmt: skip
+        inputs = ms.preprocess(images)
+        for _ in range(2):
+            ms.pooler(ms.features(inputs), inputs.image_sizes)
+        assert caplog.text.count("is not a pyramid level") == int(warned)

@@ -325,7 +325,7 @@ def train_object_size(cfg: DictConfig) -> float:
     return size
 
 
-#: Percentiles of the training object sides that bound multi-scale testing's target
+#: Percentiles of the training object sides that bound multi-scale testing's target and levels
 #: (``test.per_model.target_range=train_objects``).
 TARGET_PERCENTILES = (10.0, 90.0)
 
@@ -376,6 +376,11 @@ def resolve_train_objects(node: Any, cfg: DictConfig | None) -> Any:
         size = train_object_size(cfg)
         # the pinned range only fixes the target; it is no range of sizes to keep levels in
         pinned: dict[str, Any] = {"target_size": size, "target_range": [size, size]}
+        if node.get("levels_in_range"):
+            logger.info(
+                "multi-scale testing: target_size=%s pins the target, so levels_in_range is off",
+                TRAIN_OBJECTS,
+            )
         if "levels_in_range" in node:
             pinned["levels_in_range"] = False
         return OmegaConf.merge(node, pinned)

@@ -17,12 +17,15 @@ asks for the whole-image box with ``whole_image=True``: with ``context_scale="py
 (default) it goes through the same scale choice and maxout as any RoI; with ``"test"`` it is
 pooled once, on the test-scale features, as in training (the SPP-net rule sends a whole-image
 box to the small end of the pyramid, a view a single-scale model never saw;
-docs/ablation_synthetic.md). With ``levels_in_range`` a box larger than the training objects,
-the whole-image box included, is kept at the test scale by the range rule itself.
+docs/ablation_synthetic.md). With ``levels_in_range`` a box that lies above the training
+objects' sizes at every smaller level (on the studies' images, the whole-image box) stays at the
+test scale; one that fits them at a smaller level goes there alone
+(:func:`~detector.inference.scale_selection.levels_within`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +39,8 @@ from detector.inference.resize import box_scale, resize_image
 from detector.inference.scale_selection import levels_within, maxout_pool, select_scale_pairs
 from detector.modeling.postprocess import Detections
 from detector.modeling.staged import Pool, PoolingDetector, require_staged, staged_inference
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -194,6 +199,9 @@ class MultiScaleMaxout(nn.Module):
                 )
         self.target_range = target_range
         self.levels_in_range = bool(levels_in_range)
+        if self.levels_in_range and target_range is None:
+            logger.info("multi-scale testing: levels_in_range has no effect without target_range")
+        self._warned_no_test_level = False
         if reference_scale is not None and reference_scale <= 0:
             raise ValueError(f"reference_scale must be positive or null, got {reference_scale}")
         if float(target_size) <= 0:
@@ -262,6 +270,8 @@ class MultiScaleMaxout(nn.Module):
 
     def pooler(self, features: PyramidFeatures, image_sizes: list[tuple[int, int]]) -> Any:
         """The pyramid pool (see :func:`pyramid_pool`) of ``features``."""
+        if self.levels_in_range and self.target_range is not None:
+            self._check_test_level(features)
         return pyramid_pool(
             [self.model.pooler(f, s) for f, s in zip(features.levels, features.level_sizes)],
             self.model.pooler(features.base, features.base_sizes),
@@ -271,6 +281,26 @@ class MultiScaleMaxout(nn.Module):
             context_scale=self.context_scale,
             size_range=self.target_range if self.levels_in_range else None,
         )
+
+    def _check_test_level(self, features: PyramidFeatures) -> None:
+        """Warn (once) when an image's test scale is not a pyramid level: ``levels_in_range``
+        then has no test scale to keep a RoI at, and a RoI with no level in range falls back
+        to SPP-net's pair over all levels."""
+        if self._warned_no_test_level:
+            return
+        for i, size in enumerate(features.base_sizes):
+            if all(tuple(level[i]) != tuple(size) for level in features.level_sizes):
+                logger.warning(
+                    "multi-scale testing: the test image size %s is not a pyramid level (scales "
+                    "%s, reference_scale %s, max_size %s); RoIs with no level within the "
+                    "training sizes use SPP-net's pair over all levels",
+                    tuple(size),
+                    self.scales,
+                    self.reference_scale,
+                    self.max_size,
+                )
+                self._warned_no_test_level = True
+                return
 
     def predict(
         self,

@@ -48,6 +48,8 @@ def select_scale_pairs(
             raise ValueError(
                 f"allowed must be (R, S) = {tuple(dist.shape)}, got {tuple(allowed.shape)}"
             )
+        if allowed.dtype != torch.bool:
+            raise ValueError(f"allowed must be a bool tensor, got {allowed.dtype}")
         allowed = allowed.to(dist.device) | ~allowed.any(dim=1, keepdim=True)
         dist = torch.where(allowed, dist, torch.full_like(dist, float("inf")))
     best = dist.argmin(dim=1)
@@ -67,15 +69,24 @@ def select_scale_pairs(
 def levels_within(
     areas: Tensor, scale_factors: Tensor, size_range: tuple[float, float], *, native: float = 1.0
 ) -> Tensor:
-    """(R, S) bool: the pyramid levels at which a RoI's side (the square root of its area)
-    lies within ``size_range`` pixels, plus the level whose factor is ``native`` (the test
-    scale, where the model saw objects of every size during training), if the pyramid has one.
+    """(R, S) bool: the pyramid levels a RoI may be pooled at under ``levels_in_range``.
+
+    - levels at which its side (the square root of its area) lies within ``size_range`` pixels;
+    - the level whose factor is ``native`` (the test scale, where training showed the head
+      objects of every size), if the pyramid has one;
+    - for a RoI below the range at the test scale, the enlarged levels that bring it toward the
+      range without reaching it (enlarging small objects is what the multi-scale test is for).
+
+    A RoI above the range at the test scale may thus go to a smaller level only where it lies
+    within the range; one that is no longer within it at any level stays at the test scale.
     """
     f = torch.as_tensor(scale_factors, dtype=torch.float64, device=areas.device).reshape(-1)
-    sides = areas.to(torch.float64).clamp(min=0).sqrt()[:, None] * f[None, :]
+    base = areas.to(torch.float64).clamp(min=0).sqrt()[:, None]
+    sides = base * f[None, :]
     low, high = size_range
     inside = (sides >= low) & (sides <= high)
-    return inside | ((f - native).abs() < 1e-6)[None, :]
+    growing = (base < low) & (sides >= base) & (sides < low)
+    return inside | growing | ((f - native).abs() < 1e-6)[None, :]
 
 
 def maxout_pool(pairs: Tensor, pool_at_scale: Callable[[int, Tensor], Tensor]) -> Tensor:
