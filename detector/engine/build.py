@@ -376,12 +376,13 @@ def resolve_train_objects(node: Any, cfg: DictConfig | None) -> Any:
         size = train_object_size(cfg)
         # the pinned range only fixes the target; it is no range of sizes to keep levels in
         pinned: dict[str, Any] = {"target_size": size, "target_range": [size, size]}
-        if node.get("levels_in_range"):
-            logger.info(
-                "multi-scale testing: target_size=%s pins the target, so levels_in_range is off",
-                TRAIN_OBJECTS,
-            )
         if "levels_in_range" in node:
+            if node.levels_in_range:
+                logger.info(
+                    "multi-scale testing: target_size=%s pins the target, so levels_in_range "
+                    "is off",
+                    TRAIN_OBJECTS,
+                )
             pinned["levels_in_range"] = False
         return OmegaConf.merge(node, pinned)
     return OmegaConf.merge(node, {"target_range": _target_range_or_none(cfg)})

@@ -99,16 +99,15 @@ class PyramidPool:
         pairs = []
         for i, b in enumerate(boxes):
             h, w = self.base_sizes[i]
-            factors = [(lvl[i][0] * lvl[i][1] / (h * w)) ** 0.5 for lvl in self.level_sizes]
-            target, areas = self.target_sizes[i], box_area(b)
+            factors = torch.tensor(
+                [(lvl[i][0] * lvl[i][1] / (h * w)) ** 0.5 for lvl in self.level_sizes]
+            )
+            areas = box_area(b)
             allowed = None
             if self.size_range is not None:
-                allowed = levels_within(areas, torch.tensor(factors), self.size_range)
-            pairs.append(
-                select_scale_pairs(
-                    areas, torch.tensor(factors), target_size=target, allowed=allowed
-                )
-            )
+                allowed = levels_within(areas, factors, self.size_range)
+            target = self.target_sizes[i]
+            pairs.append(select_scale_pairs(areas, factors, target_size=target, allowed=allowed))
         return torch.cat(pairs).to(boxes[0].device)
 
     def __call__(self, boxes: list[Tensor], whole_image: bool = False) -> Tensor:
@@ -167,10 +166,13 @@ class MultiScaleMaxout(nn.Module):
             10th-90th percentile of the training object sides), so that the scale rule never
             aims a RoI at a size the head hardly saw.
         levels_in_range: with ``target_range``, also restrict each RoI's two levels to those
-            at which its side lies within ``target_range``, plus the test scale itself (where
-            training showed the head objects of every size): a RoI whose neighbour level would
-            be a size the head hardly saw is pooled at one scale. Without it the bounded target
-            still picks the closest level, and its neighbour can lie outside the range.
+            at which its side lies within ``target_range``, the test scale itself (where
+            training showed the head objects of every size) and, for a RoI below the range, the
+            enlarged levels that move it toward it
+            (:func:`~detector.inference.scale_selection.levels_within`): a RoI whose neighbour
+            level would be a size the head hardly saw is pooled at one scale. Without it the
+            bounded target still picks the closest level, and its neighbour can lie outside the
+            range.
     """
 
     def __init__(

@@ -66,14 +66,12 @@ def select_scale_pairs(
     return torch.stack([best, neighbour], dim=1)
 
 
-def levels_within(
-    areas: Tensor, scale_factors: Tensor, size_range: tuple[float, float], *, native: float = 1.0
-) -> Tensor:
+def levels_within(areas: Tensor, scale_factors: Tensor, size_range: tuple[float, float]) -> Tensor:
     """(R, S) bool: the pyramid levels a RoI may be pooled at under ``levels_in_range``.
 
     - levels at which its side (the square root of its area) lies within ``size_range`` pixels;
-    - the level whose factor is ``native`` (the test scale, where training showed the head
-      objects of every size), if the pyramid has one;
+    - the level whose factor is 1 (the test scale, where training showed the head objects of
+      every size), if the pyramid has one;
     - for a RoI below the range at the test scale, the enlarged levels that bring it toward the
       range without reaching it (enlarging small objects is what the multi-scale test is for).
 
@@ -86,7 +84,7 @@ def levels_within(
     low, high = size_range
     inside = (sides >= low) & (sides <= high)
     growing = (base < low) & (sides >= base) & (sides < low)
-    return inside | growing | ((f - native).abs() < 1e-6)[None, :]
+    return inside | growing | ((f - 1.0).abs() < 1e-6)[None, :]
 
 
 def maxout_pool(pairs: Tensor, pool_at_scale: Callable[[int, Tensor], Tensor]) -> Tensor:
