@@ -89,12 +89,13 @@ def test_optimised_models_pool_in_parallel_and_the_source_does_not() -> None:
     fpn = build_model_from_config(
         "faster_rcnn_r50_fpn", num_classes=3, overrides={"model.depth": 18}
     )
-    fast = optimize_for_inference(fpn)
+    # gather_pool (on by default) replaces the RoIAlign poolers again: tests/test_gather_pool.py
+    fast = optimize_for_inference(fpn, gather_pool=False)
     assert isinstance(fast.roi_heads.box_roi_pool, ParallelMultiScaleRoIAlign)
     assert type(fpn.roi_heads.box_roi_pool) is MultiScaleRoIAlign
-    off = optimize_for_inference(fpn, parallel_pool=False)
+    off = optimize_for_inference(fpn, parallel_pool=False, gather_pool=False)
     assert type(off.roi_heads.box_roi_pool) is MultiScaleRoIAlign
     c4 = build_model_from_config("faster_rcnn_r18_c4", num_classes=3, overrides={})
     pooler = c4.roi_heads.box_roi_pool
     assert isinstance(pooler, SingleLevelRoIPooler) and pooler.workers == 1
-    assert optimize_for_inference(c4).roi_heads.box_roi_pool.workers is None
+    assert optimize_for_inference(c4, gather_pool=False).roi_heads.box_roi_pool.workers is None

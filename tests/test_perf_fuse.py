@@ -181,6 +181,8 @@ def test_optimised_copy_is_eval_channels_last_and_leaves_the_source_alone() -> N
 ALL_LEVERS = (
     {"channels_last": False, "fuse_relu": False},  # folding alone
     {"fold_bn": False, "fuse_relu": False},  # channels-last alone
+    # the gathering RoIAlign alone (its own tests: tests/test_gather_pool.py)
+    {"fold_bn": False, "channels_last": False, "fuse_relu": False, "parallel_pool": False},
     {},  # everything (ReLU fusion: test_fused_residual_blocks_compute_the_same_function)
 )
 

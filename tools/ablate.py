@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 import detector  # noqa: F401  (registers the config resolvers)
 from detector.engine.ablate import run_ablation
 from detector.engine.build import resolve_output_dir
-from detector.engine.cli import user_errors
+from detector.engine.cli import configure_process, user_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -24,6 +24,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
     with user_errors():
+        configure_process(cfg)
         run_ablation(cfg, resolve_output_dir(cfg))
 
 

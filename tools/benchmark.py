@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from detector.benchmarks.runner import run_benchmarks
 from detector.engine.build import resolve_output_dir
-from detector.engine.cli import user_errors
+from detector.engine.cli import configure_process, user_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -26,6 +26,7 @@ def main(cfg: DictConfig) -> None:
     names = [str(n) for n in cfg.run]
     tasks = {n: instantiate(cfg.tasks[n], _convert_="all") for n in names if n in cfg.tasks}
     with user_errors():
+        configure_process(cfg)
         run_benchmarks(tasks, names, output_dir=resolve_output_dir(cfg))
 
 

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import detector  # noqa: F401  (registers the config resolvers)
-from detector.engine.cli import user_errors
+from detector.engine.cli import configure_process, user_errors
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -27,6 +27,7 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
     # imported per branch: scoring a results file needs no model code (start-up time)
     with user_errors():
+        configure_process(cfg)
         if cfg.get("results"):
             from detector.engine.score_results import score_results
 

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 import detector  # noqa: F401  (registers the config resolvers)
-from detector.engine.cli import user_errors
+from detector.engine.cli import configure_process, user_errors
 from detector.engine.predict import infer
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -24,6 +24,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("detector").setLevel(logging.INFO)
     with user_errors():
+        configure_process(cfg)
         infer(cfg)
 
 

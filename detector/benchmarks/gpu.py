@@ -388,6 +388,7 @@ def speed_task(spec: InferSpec, *, amp: bool, conv_peak: bool) -> SpeedBenchmark
             "repeats": spec.repeats,
             "fuse_relu": cpu,
             "parallel_pool": cpu,
+            "gather_pool": cpu,
         },
         conv_peak={"shapes": shapes, "warmup": 3, "repeats": 20} if conv_peak else None,
     )

@@ -34,6 +34,7 @@ from detector.engine.build import build_dataset, build_model, prepare_dataset, r
 from detector.engine.checkpoint import FINAL_NAME, load_checkpoint, load_model_weights
 from detector.engine.train import train
 from detector.engine.validation import validate
+from detector.utils import cpu_memory
 from detector.utils.tables import format_table
 from detector.utils.yardstick import in_yardsticks, yardstick_line, yardstick_report
 
@@ -123,6 +124,7 @@ class JobBenchmark:
                 "run_dir": str(run_dir),
                 "max_iter": int(cfg.solver.max_iter),
                 "batch_size": int(cfg.dataloader.batch_size),
+                "cpu_allocator": cpu_memory.current_mode(),
                 "targets": self.targets,
             },
             "yardstick": before,

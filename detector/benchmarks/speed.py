@@ -48,6 +48,7 @@ from detector.benchmarks.twin import (
 )
 from detector.modeling.fuse import optimize_for_inference
 from detector.modeling.meta_arch import FasterRCNN
+from detector.utils import cpu_memory
 from detector.utils.tables import format_table
 from detector.utils.yardstick import in_yardsticks, yardstick_line, yardstick_report
 
@@ -57,13 +58,17 @@ OURS, TORCHVISION = "ours", "torchvision"
 
 
 # --------------------------------------------------------------------------- comparisons
-_ALL_OFF = dict.fromkeys(("fold_bn", "channels_last", "fuse_relu", "parallel_pool"), False)
+_ALL_OFF = dict.fromkeys(
+    ("fold_bn", "channels_last", "fuse_relu", "parallel_pool", "gather_pool"), False
+)
+_FUSED = {**_ALL_OFF, "fold_bn": True, "channels_last": True, "fuse_relu": True}
 #: extra inference contenders (``levers=true``): the optimisations added one at a time
 LEVERS: dict[str, dict[str, bool]] = {
     "ours, unoptimised": _ALL_OFF,
     "ours, + BN folded": {**_ALL_OFF, "fold_bn": True},
     "ours, + channels-last": {**_ALL_OFF, "fold_bn": True, "channels_last": True},
-    "ours, + ReLU fused": {**_ALL_OFF, "fold_bn": True, "channels_last": True, "fuse_relu": True},
+    "ours, + ReLU fused": _FUSED,
+    "ours, + RoIAlign on all threads": {**_FUSED, "parallel_pool": True},
 }
 
 
@@ -85,6 +90,7 @@ def compare_inference(
     channels_last: bool = True,
     fuse_relu: bool = True,
     parallel_pool: bool = True,
+    gather_pool: bool = True,
     levers: bool = False,
 ) -> dict[str, Any]:
     """Detections (float32) and images/s of ``optimize_for_inference(ours)`` vs ``twin``.
@@ -101,6 +107,7 @@ def compare_inference(
             channels_last=channels_last,
             fuse_relu=fuse_relu,
             parallel_pool=parallel_pool,
+            gather_pool=gather_pool,
         )
     }
     models[TORCHVISION] = twin
@@ -281,12 +288,31 @@ def model_label(model: FasterRCNN) -> str:
     return f"R{depth}-{'FPN' if fpn else 'C4'}"
 
 
+def benchmark_model(
+    net: Any, images: list[Tensor], *, seed: int, device: torch.device, weights: str | None = None
+) -> FasterRCNN:
+    """``net`` (a Hydra node) instantiated on ``device``: with the state dict in ``weights``, or
+    seeded random weights (:func:`randomize_weights`) and a classifier calibrated on ``images``
+    (:func:`calibrate_classifier`)."""
+    torch.manual_seed(seed)
+    model = instantiate(net).to(device)
+    if weights:
+        state = torch.load(weights, map_location=device, weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        model.load_state_dict(state, strict=True)
+    else:
+        randomize_weights(model, seed=seed)
+        calibrate_classifier(model, images, seed=seed)
+    return model
+
+
 # --------------------------------------------------------------------------- the task
 @dataclass(frozen=True)
 class InferenceSettings:
     """Inference part: images of shorter side ``image_size`` (4:3, longer side capped at
     ``max_size``), ``batch_size`` per call; our model optimised with ``fold_bn``,
-    ``channels_last``, ``fuse_relu`` and ``parallel_pool``
+    ``channels_last``, ``fuse_relu``, ``parallel_pool`` and ``gather_pool``
     (:func:`~detector.modeling.fuse.optimize_for_inference`);
     ``levers`` also times the optimisations added one at a time (:data:`LEVERS`); detections
     count as identical within ``box_atol`` pixels and ``score_atol``."""
@@ -300,6 +326,7 @@ class InferenceSettings:
     channels_last: bool = True
     fuse_relu: bool = True
     parallel_pool: bool = True
+    gather_pool: bool = True
     levers: bool = False
     box_atol: float = 0.01
     score_atol: float = 1e-4
@@ -403,17 +430,9 @@ class SpeedBenchmark:
 
     def build_model(self, images: list[Tensor]) -> FasterRCNN:
         """Our detector with the configured or seeded random weights, on the device."""
-        torch.manual_seed(self.seed)
-        model = instantiate(self.net).to(self.device)
-        if self.weights:
-            state = torch.load(self.weights, map_location=self.device, weights_only=True)
-            if isinstance(state, dict) and isinstance(state.get("model"), dict):
-                state = state["model"]
-            model.load_state_dict(state, strict=True)
-        else:
-            randomize_weights(model, seed=self.seed)
-            calibrate_classifier(model, images, seed=self.seed)
-        return model
+        return benchmark_model(
+            self.net, images, seed=self.seed, device=self.device, weights=self.weights
+        )
 
     def run(self) -> dict[str, Any]:
         """Run the configured parts; results with a ``"table"`` (see :func:`format_result`)."""
@@ -445,6 +464,7 @@ class SpeedBenchmark:
         parts = {"inference": self.inference, "training": self.training}
         return {
             "device": str(self.device),
+            "cpu_allocator": cpu_memory.current_mode(),
             "amp": self.amp,
             "label": self.label,
             "targets": self.targets,
@@ -481,6 +501,7 @@ class SpeedBenchmark:
             channels_last=s.channels_last,
             fuse_relu=s.fuse_relu,
             parallel_pool=s.parallel_pool,
+            gather_pool=s.gather_pool,
             levers=s.levers,
         )
         out["image_shape"] = list(images[0].shape)
@@ -657,7 +678,8 @@ def format_result(result: dict[str, Any]) -> str:
     )
     s = result["settings"]
     lines = [
-        f"device {s['device']}, {s['threads']} CPU threads, amp {s['amp']}, "
+        f"device {s['device']}, {s['threads']} CPU threads, "
+        f"cpu_allocator {s.get('cpu_allocator', 'system')}, amp {s['amp']}, "
         f"weights {s['weights']}; rates are medians of interleaved repeats, ratios of timed "
         "pairs are medians of per-round ratios",
     ]
