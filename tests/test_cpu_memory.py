@@ -60,11 +60,19 @@ def test_unknown_mode_is_a_clear_error() -> None:
         cpu_memory.configure_cpu_allocator("jemalloc")
 
 
-def test_system_mode_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_system_mode_changes_nothing_unless_retain_came_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls: list[str] = []
     monkeypatch.setattr(cpu_memory, "retain_freed_memory", lambda: calls.append("retain"))
+    monkeypatch.setattr(cpu_memory, "glibc_default_malloc", lambda: calls.append("system"))
+    monkeypatch.setitem(cpu_memory._state, "mode", "system")
     assert cpu_memory.configure_cpu_allocator("system") is False
     assert calls == []
+    # an earlier job of the same process (a Hydra sweep) retained: undo it
+    monkeypatch.setitem(cpu_memory._state, "mode", "retain")
+    cpu_memory.configure_cpu_allocator("system")
+    assert calls == ["system"]
 
 
 def test_without_glibc_it_says_so_and_does_nothing(

@@ -73,6 +73,15 @@ def test_hand_computed_value_on_a_linear_map() -> None:
     # 1.5 and 2.5: f = 16.5, 17.5, 26.5, 27.5
     got = roi_align_gather(x, torch.tensor([[0.0, 1.0, 1.0, 3.0, 3.0]]), 2, 1.0, 1)
     assert got.flatten().tolist() == [16.5, 17.5, 26.5, 27.5]
+    # the border rules, one sample each: x = 4.0 (= the width) still counts and clamps to the
+    # last column: f(1, 3) = 13; x = -1.0 still counts and clamps to 0: f(1, 0) = 10; x = 4.5
+    # and -1.5 are beyond: 0
+    for box, value in (([3, 0, 5, 2], 13.0), ([-3, 0, 1, 2], 10.0), ([4, 0, 5, 2], 0.0)):
+        rois = torch.tensor([[0.0, *box]])
+        assert roi_align_gather(x, rois, 1, 1.0, 1).item() == value, box
+        assert roi_align(x, rois, 1, 1.0, 1).item() == value, box
+    rois = torch.tensor([[0.0, -5.0, 0.0, 2.0, 2.0]])  # sample at x = -1.5
+    assert roi_align_gather(x, rois, 1, 1.0, 1).item() == 0.0
 
 
 def test_boxes_as_a_list_per_image_and_no_rois() -> None:
@@ -160,3 +169,21 @@ def test_optimised_models_gather_unless_told_not_to() -> None:
     assert optimize_for_inference(c4).roi_heads.box_roi_pool.gather is True
     assert c4.roi_heads.box_roi_pool.gather is False
     assert optimize_for_inference(c4, gather_pool=False).roi_heads.box_roi_pool.gather is False
+
+
+def test_large_groups_are_pooled_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import detector.modeling.gather_pool as gather_pool
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)
+    rois = _rois(25, 1, (12, 12), 1.0, seed=9)
+    expected = roi_align_gather(x, rois, 3, 1.0, 2)
+    monkeypatch.setattr(gather_pool, "MAX_ENTRIES", 3 * 3 * 2 * 2 * 4 * 4)  # 4 RoIs a chunk
+    torch.testing.assert_close(roi_align_gather(x, rois, 3, 1.0, 2), expected, atol=0, rtol=0)
+
+
+def test_no_gradient_flows_into_the_boxes() -> None:
+    x = torch.randn(1, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]], requires_grad=True)
+    roi_align_gather(x, rois, 2, 1.0, 2).sum().backward()
+    assert rois.grad is None and x.grad is not None and x.grad.abs().sum() > 0

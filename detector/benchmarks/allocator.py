@@ -15,8 +15,9 @@ The settings alternate round by round, in an order that flips each round; after 
 every contender makes one untimed call (it refills or releases the heap), then one timed call
 whose minor page faults are counted. The table gives per contender and setting the median
 seconds, yardsticks and page faults per call, and the speed-up of ``retain`` (the median of
-per-round ratios). The process's allocator setting is restored at the end. Where the C library
-is not glibc there is nothing to switch and the table says so.
+per-round ratios). At the end the process goes back to ``retain`` if it was retaining, else it
+keeps glibc's steady-state thresholds (fixed, where an untouched process's adapt). Where the C
+library is not glibc there is nothing to switch and the table says so.
 """
 
 from __future__ import annotations

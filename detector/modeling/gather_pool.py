@@ -43,6 +43,12 @@ from detector.modeling.parallel_pool import (
     parallel_roi_align,
 )
 
+#: at most this many (sample, neighbour) entries are indexed at once: RoIs of one sampling grid
+#: are pooled in chunks below it (4M entries: about 300 MiB of index, weight and temporaries). An
+#: adaptive grid of a RoI far larger than its bins (2000 px at stride 1 into 7 bins: 286 x 286
+#: samples per bin, 16M entries) is then pooled in pieces of one RoI.
+MAX_ENTRIES = 1 << 22
+
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int):
@@ -54,7 +60,8 @@ def _axis(pos: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tenso
     """torchvision's bilinear rule along one axis: ``valid`` (within one pixel of the map), the
     low and high neighbour indices and their weights ``1 - frac`` and ``frac``."""
     valid = (pos >= -1.0) & (pos <= size)
-    pos = pos.clamp(min=0)
+    # beyond the map (or not a number) the weight is 0; keep the index in range all the same
+    pos = torch.nan_to_num(pos, nan=0.0).clamp(0, size)
     low = pos.floor().long()
     top = low >= size - 1
     low = low.clamp(max=size - 1)
@@ -110,6 +117,7 @@ def gather_applies(input: Tensor) -> bool:
     """Whether :func:`roi_align_gather` computes ``input`` itself (else it calls torchvision)."""
     return (
         input.device.type == "cpu"
+        and not torch.jit.is_tracing()
         and input.dim() == 4
         and input.dtype in (torch.float32, torch.float64)
         and input.is_contiguous(memory_format=torch.channels_last)
@@ -140,7 +148,7 @@ def roi_align_gather(
     n, c, height, width = input.shape
     ph, pw = _pair(output_size)
     k = rois.shape[0]
-    rois = rois.to(input.dtype)
+    rois = rois.detach().to(input.dtype)  # as torchvision's: no gradient into the boxes
     # the map as a table of N*H*W rows of C channels (a view when the map is channels-last)
     table = input.permute(0, 2, 3, 1).reshape(n * height * width, c)
     offset = 0.5 if aligned else 0.0
@@ -159,23 +167,26 @@ def roi_align_gather(
     for gh, gw in groups.tolist():
         if gh <= 0 or gw <= 0:  # an empty RoI: no samples, zeros (as torchvision)
             continue
-        members = torch.where((grid_h == gh) & (grid_w == gw))[0]
-        part = _pool_fixed_grid(
-            table,
-            height,
-            width,
-            batch_index[members],
-            y1[members],
-            x1[members],
-            bin_h[members],
-            bin_w[members],
-            (ph, pw),
-            (gh, gw),
-        )
-        if len(groups) == 1:
-            out = part.view(k, ph * pw * c)
-        else:
-            out.index_copy_(0, members, part.view(-1, ph * pw * c))
+        group = torch.where((grid_h == gh) & (grid_w == gw))[0]
+        # bound the index and weight tensors (about 80 bytes per entry with temporaries)
+        per_roi = ph * pw * gh * gw * 4
+        for members in group.split(max(1, MAX_ENTRIES // per_roi)):
+            part = _pool_fixed_grid(
+                table,
+                height,
+                width,
+                batch_index[members],
+                y1[members],
+                x1[members],
+                bin_h[members],
+                bin_w[members],
+                (ph, pw),
+                (gh, gw),
+            )
+            if members.numel() == k:
+                out = part.view(k, ph * pw * c)
+            else:
+                out.index_copy_(0, members, part.view(-1, ph * pw * c))
     return out.view(k, ph, pw, c).permute(0, 3, 1, 2)
 
 

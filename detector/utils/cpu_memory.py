@@ -15,11 +15,14 @@ process reuses its own pages and takes no page faults. This is what PyTorch's CP
 (``torch.backends.xeon.run_cpu``) does by preloading jemalloc or tcmalloc configured to never
 return memory, done here with glibc alone. The price: the process keeps its peak heap
 (resident memory does not shrink after a large batch). Arithmetic is unchanged, so results stay
-bit-identical. Only glibc has these knobs; elsewhere (macOS, Windows, musl) it does nothing and
-says so.
+bit-identical. Processes forked afterwards (DataLoader workers) inherit the setting, so each
+keeps its own peak heap too. Only glibc has these knobs; elsewhere (macOS, Windows, musl) it does
+nothing and says so.
 
-:func:`glibc_default_malloc` restores thresholds with glibc's steady-state behaviour (mmap above
-32 MiB, trim above 64 MiB free) for A/B timing in one process (``detector.benchmarks.allocator``).
+:func:`glibc_default_malloc` sets thresholds with glibc's steady-state behaviour (mmap above
+32 MiB, trim above 64 MiB free) for A/B timing in one process (``detector.benchmarks.allocator``)
+and to undo ``retain``. These are fixed thresholds: glibc's dynamic threshold, which starts at
+128 KiB and follows the blocks freed, is not switched back on (mallopt cannot).
 """
 
 from __future__ import annotations
@@ -87,9 +90,9 @@ def retain_freed_memory() -> bool:
             platform.libc_ver()[0] or sys.platform,
         )
         return False
+    _state["mode"] = "retain"  # set first: a failure below leaves it partly applied
     _mallopt(libc, M_MMAP_MAX, 0)
     _mallopt(libc, M_TRIM_THRESHOLD, INT_MAX)
-    _state["mode"] = "retain"
     return True
 
 
@@ -109,11 +112,15 @@ def glibc_default_malloc() -> bool:
 
 def configure_cpu_allocator(mode: str) -> bool:
     """Apply the ``cpu_allocator`` config value: ``retain`` (:func:`retain_freed_memory`) or
-    ``system`` (leave the C library's allocator alone). Returns whether anything was changed."""
+    ``system`` (leave the C library's allocator alone; if this process retained before, e.g. an
+    earlier job of a Hydra sweep, :func:`glibc_default_malloc`). Returns whether anything was
+    changed."""
     if mode not in MODES:
         raise ValueError(f"cpu_allocator must be one of {MODES}, got {mode!r}")
     if mode == "retain":
         return retain_freed_memory()
+    if _state["mode"] == "retain":  # an earlier job of this process retained (a Hydra sweep)
+        return glibc_default_malloc()
     return False
 
 
