@@ -15,7 +15,7 @@ from detector.modeling.gather_pool import (
     gather_applies,
     roi_align_gather,
 )
-from detector.modeling.poolers import SingleLevelRoIPooler
+from detector.modeling.poolers import SingleLevelRoIPooler, use_gather_pooling
 from tests.helpers import build_model_from_config
 
 ATOL = 1e-5
@@ -187,3 +187,33 @@ def test_no_gradient_flows_into_the_boxes() -> None:
     rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]], requires_grad=True)
     roi_align_gather(x, rois, 2, 1.0, 2).sum().backward()
     assert rois.grad is None and x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_gradients_match_torchvision(sampling_ratio: int) -> None:
+    # channels-last training (train.channels_last=true) pools by the gather, forward and backward
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(2, 5, 13, 16, generator=g)
+    rois = _rois(40, 2, (13, 16), 0.5, seed=6)
+    grad_out = torch.randn(40, 5, 4, 4, generator=g)
+    grads = []
+    for x, fn in (
+        (base, roi_align),
+        (base.contiguous(memory_format=torch.channels_last), roi_align_gather),
+    ):
+        x = x.detach().requires_grad_()
+        fn(x, rois, 4, 0.5, sampling_ratio, True).backward(grad_out)
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=ATOL, rtol=0)
+    assert grads[0].abs().sum() > 0
+
+
+def test_use_gather_pooling_swaps_in_place() -> None:
+    fpn = build_model_from_config(
+        "faster_rcnn_r50_fpn", num_classes=3, overrides={"model.depth": 18}
+    )
+    assert use_gather_pooling(fpn) == 1
+    pooler = fpn.roi_heads.box_roi_pool
+    assert isinstance(pooler, GatherMultiScaleRoIAlign) and pooler.workers == 1
+    c4 = build_model_from_config("faster_rcnn_r18_c4", num_classes=3, overrides={})
+    assert use_gather_pooling(c4) == 1 and c4.roi_heads.box_roi_pool.gather is True

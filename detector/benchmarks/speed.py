@@ -48,6 +48,7 @@ from detector.benchmarks.twin import (
 )
 from detector.modeling.fuse import optimize_for_inference
 from detector.modeling.meta_arch import FasterRCNN
+from detector.modeling.poolers import use_gather_pooling
 from detector.utils import cpu_memory
 from detector.utils.tables import format_table
 from detector.utils.yardstick import in_yardsticks, yardstick_line, yardstick_report
@@ -209,8 +210,9 @@ def compare_training(
     channels_last: bool = False,
 ) -> dict[str, Any]:
     """Iterations/s of copies of ``ours`` and ``twin`` in training mode, and the share of our
-    step spent in the per-region head. ``channels_last`` trains our copy with NHWC weights
-    (``train.channels_last`` of ``tools/train.py``); torchvision's runs as shipped.
+    step spent in the per-region head. ``channels_last`` trains our copy with NHWC weights and
+    gathering RoIAlign poolers (``train.channels_last`` of ``tools/train.py``); torchvision's
+    runs as shipped.
 
     Returns ``losses`` (first step of each from the same RNG state: same weights and the same
     sampling draws give the same total loss when the two implement the same training),
@@ -230,6 +232,7 @@ def compare_training(
         # NHWC rounds differently; a near-tie in proposal NMS or top-k can then change the
         # sampled RoIs, so its first-step loss is reported, not required to match
         ours = copy.deepcopy(source).train().to(memory_format=torch.channels_last)
+        use_gather_pooling(ours)  # as train.channels_last=true does
         steps[OURS] = training_step(ours, images, targets, timing=timing, lr=lr)
         nhwc = _first_step_losses({OURS: steps[OURS]}, twin)[OURS]
         losses["channels_last"] = nhwc

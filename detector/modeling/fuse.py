@@ -41,9 +41,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
-from detector.modeling.gather_pool import GatherMultiScaleRoIAlign
 from detector.modeling.parallel_pool import ParallelMultiScaleRoIAlign
-from detector.modeling.poolers import SingleLevelRoIPooler
+from detector.modeling.poolers import SingleLevelRoIPooler, use_gather_pooling
 from detector.modeling.roi_heads.fpn import TwoMLPHead
 
 logger = logging.getLogger(__name__)
@@ -305,24 +304,6 @@ def _fuse_relu_in_place(model: nn.Module) -> int:
     return fused
 
 
-def _gather_poolers_in_place(model: nn.Module) -> int:
-    """RoIAlign poolers pool by a weighted gather over channels-last features
-    (:mod:`detector.modeling.gather_pool`); returns the number of poolers changed."""
-    changed = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) in (MultiScaleRoIAlign, ParallelMultiScaleRoIAlign):
-                # where the gather does not apply, pool as before: on all threads only if
-                # parallel_pool made the pooler parallel
-                workers = child.workers if isinstance(child, ParallelMultiScaleRoIAlign) else 1
-                setattr(parent, name, GatherMultiScaleRoIAlign.from_module(child, workers))
-                changed += 1
-            elif isinstance(child, SingleLevelRoIPooler) and child.pool_type == "align":
-                child.gather = True
-                changed += 1
-    return changed
-
-
 def _parallelize_poolers_in_place(model: nn.Module) -> int:
     """RoIAlign poolers split their RoIs over torch's CPU threads (bit-identical results);
     returns the number of poolers changed."""
@@ -393,7 +374,7 @@ def optimize_for_inference(
             "%d RoIAlign poolers run on all CPU threads", _parallelize_poolers_in_place(fast)
         )
     if gather_pool:
-        logger.info("%d RoIAlign poolers pool by a weighted gather", _gather_poolers_in_place(fast))
+        logger.info("%d RoIAlign poolers pool by a weighted gather", use_gather_pooling(fast))
     if channels_last is None:
         channels_last = image_size is not None and image_size >= CHANNELS_LAST_MIN_SIDE
     if channels_last:

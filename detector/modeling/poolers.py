@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.ops import roi_pool
+from torchvision.ops import MultiScaleRoIAlign, roi_pool
 
-from detector.modeling.gather_pool import roi_align_gather
-from detector.modeling.parallel_pool import parallel_roi_align
+from detector.modeling.gather_pool import GatherMultiScaleRoIAlign, roi_align_gather
+from detector.modeling.parallel_pool import ParallelMultiScaleRoIAlign, parallel_roi_align
 
 POOL_TYPES = ("align", "pool")
 
@@ -66,3 +66,22 @@ class SingleLevelRoIPooler(nn.Module):
             aligned=self.aligned,
             workers=self.workers,
         )
+
+
+def use_gather_pooling(model: nn.Module) -> int:
+    """Make ``model``'s RoIAlign poolers (in place) pool channels-last maps by one weighted
+    gather (:mod:`detector.modeling.gather_pool`), forward and backward; NCHW maps are pooled
+    as before. Returns the number of poolers changed."""
+    changed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in (MultiScaleRoIAlign, ParallelMultiScaleRoIAlign):
+                # where the gather does not apply, pool as before: on all threads only if the
+                # pooler was already parallel
+                workers = child.workers if isinstance(child, ParallelMultiScaleRoIAlign) else 1
+                setattr(parent, name, GatherMultiScaleRoIAlign.from_module(child, workers))
+                changed += 1
+            elif isinstance(child, SingleLevelRoIPooler) and child.pool_type == "align":
+                child.gather = True
+                changed += 1
+    return changed
