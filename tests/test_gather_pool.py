@@ -190,7 +190,8 @@ def test_no_gradient_flows_into_the_boxes() -> None:
 
 
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
-def test_gradients_match_torchvision(sampling_ratio: int) -> None:
+@pytest.mark.parametrize("aligned", [True, False])
+def test_gradients_match_torchvision(sampling_ratio: int, aligned: bool) -> None:
     # channels-last training (train.channels_last=true) pools by the gather, forward and backward
     g = torch.Generator().manual_seed(4)
     base = torch.randn(2, 5, 13, 16, generator=g)
@@ -202,7 +203,7 @@ def test_gradients_match_torchvision(sampling_ratio: int) -> None:
         (base.contiguous(memory_format=torch.channels_last), roi_align_gather),
     ):
         x = x.detach().requires_grad_()
-        fn(x, rois, 4, 0.5, sampling_ratio, True).backward(grad_out)
+        fn(x, rois, 4, 0.5, sampling_ratio, aligned).backward(grad_out)
         grads.append(x.grad)
     torch.testing.assert_close(grads[1], grads[0], atol=ATOL, rtol=0)
     assert grads[0].abs().sum() > 0
@@ -215,5 +216,9 @@ def test_use_gather_pooling_swaps_in_place() -> None:
     assert use_gather_pooling(fpn) == 1
     pooler = fpn.roi_heads.box_roi_pool
     assert isinstance(pooler, GatherMultiScaleRoIAlign) and pooler.workers == 1
+    assert use_gather_pooling(fpn) == 1 and fpn.roi_heads.box_roi_pool is pooler  # idempotent
+    # an optimised copy of a channels-last-trained model: the gather, its fallback threaded
+    fast = optimize_for_inference(fpn).roi_heads.box_roi_pool
+    assert isinstance(fast, GatherMultiScaleRoIAlign) and fast.workers is None
     c4 = build_model_from_config("faster_rcnn_r18_c4", num_classes=3, overrides={})
     assert use_gather_pooling(c4) == 1 and c4.roi_heads.box_roi_pool.gather is True

@@ -313,7 +313,10 @@ def _parallelize_poolers_in_place(model: nn.Module) -> int:
             if type(child) is MultiScaleRoIAlign:
                 setattr(parent, name, ParallelMultiScaleRoIAlign.from_module(child))
                 changed += 1
-            elif isinstance(child, SingleLevelRoIPooler) and child.pool_type == "align":
+            elif isinstance(child, ParallelMultiScaleRoIAlign) or (
+                # a parallel (or gathering: channels-last training's) FPN pooler, or the C4 one
+                isinstance(child, SingleLevelRoIPooler) and child.pool_type == "align"
+            ):
                 child.workers = None
                 changed += 1
     return changed

@@ -71,7 +71,7 @@ class SingleLevelRoIPooler(nn.Module):
 def use_gather_pooling(model: nn.Module) -> int:
     """Make ``model``'s RoIAlign poolers (in place) pool channels-last maps by one weighted
     gather (:mod:`detector.modeling.gather_pool`), forward and backward; NCHW maps are pooled
-    as before. Returns the number of poolers changed."""
+    as before. Returns the number of RoIAlign poolers that now gather (also those that did)."""
     changed = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
@@ -80,6 +80,8 @@ def use_gather_pooling(model: nn.Module) -> int:
                 # pooler was already parallel
                 workers = child.workers if isinstance(child, ParallelMultiScaleRoIAlign) else 1
                 setattr(parent, name, GatherMultiScaleRoIAlign.from_module(child, workers))
+                changed += 1
+            elif isinstance(child, GatherMultiScaleRoIAlign):  # gathers already
                 changed += 1
             elif isinstance(child, SingleLevelRoIPooler) and child.pool_type == "align":
                 child.gather = True
