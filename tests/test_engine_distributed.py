@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,12 @@ def test_sharded_sampler_splits_each_global_batch_and_seeds_by_position():
     assert list(itertools.islice(SeededBatchSampler(sampler=resumed), 5)) == wholes[7:]
 
 
+def _aborted_at_shutdown(stderr: str, run_dir: Path) -> bool:
+    """The run wrote its final checkpoint and its metrics, then a rank died in std::terminate."""
+    finished = (run_dir / "model_final.pth").is_file() and (run_dir / "metrics.json").is_file()
+    return finished and "terminate called without an active exception" in stderr
+
+
 def test_two_gloo_processes_reproduce_one_process(tmp_path: Path, monkeypatch):
     data = [f"dataset.root={tmp_path / 'synthetic'}"]
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
@@ -104,6 +111,13 @@ def test_two_gloo_processes_reproduce_one_process(tmp_path: Path, monkeypatch):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += [str(script), *RUN, *data, f"output_dir={ddp_dir}"]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and _aborted_at_shutdown(done.stderr, ddp_dir):
+        # a finished run whose gloo threads aborted interpreter shutdown (std::terminate after
+        # destroy_process_group; seen once in ~10 loaded CI runs, never alone): run it again
+        shutil.rmtree(ddp_dir)
+        done = subprocess.run(
+            cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
     assert done.returncode == 0, done.stderr[-4000:]
 
     monkeypatch.setattr(BalancedPositiveNegativeSampler, "__call__", first_k_sampler)
