@@ -57,8 +57,12 @@ def user_errors() -> Iterator[None]:
 def configure_process(cfg: DictConfig) -> None:
     """Apply ``cfg.cpu_allocator`` (``retain`` | ``system``; ``retain`` when absent)."""
     mode = str(cfg.get("cpu_allocator", "retain"))
-    if configure_cpu_allocator(mode):
+    if not configure_cpu_allocator(mode):
+        return
+    if mode == "retain":
         logger.info(
             "cpu_allocator=retain: freed CPU memory stays in the process (no page faults "
             "after the first iteration; cpu_allocator=system turns it off)"
         )
+    else:  # an earlier job of this process (a sweep) retained
+        logger.info("cpu_allocator=system: glibc's thresholds set back (mmap above 32 MiB)")

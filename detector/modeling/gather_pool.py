@@ -35,7 +35,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import MultiScaleRoIAlign
 
 from detector.modeling.parallel_pool import (
     ParallelMultiScaleRoIAlign,
@@ -162,7 +161,7 @@ def roi_align_gather(
         grid_h = grid_w = torch.full((k,), sampling_ratio, dtype=torch.long)
     else:  # adaptive: ceil(roi size / bins) samples per bin and axis, per RoI
         grid_h, grid_w = torch.ceil(roi_h / ph).long(), torch.ceil(roi_w / pw).long()
-    out = table.new_zeros((k, ph * pw * c))
+    out: Tensor | None = None  # allocated only when the RoIs come in several parts
     groups = torch.stack([grid_h, grid_w], dim=1).unique(dim=0)
     for gh, gw in groups.tolist():
         if gh <= 0 or gw <= 0:  # an empty RoI: no samples, zeros (as torchvision)
@@ -185,49 +184,20 @@ def roi_align_gather(
             )
             if members.numel() == k:
                 out = part.view(k, ph * pw * c)
-            else:
-                out.index_copy_(0, members, part.view(-1, ph * pw * c))
+                continue
+            if out is None:
+                out = table.new_zeros((k, ph * pw * c))
+            out.index_copy_(0, members, part.view(-1, ph * pw * c))
+    if out is None:  # every RoI empty
+        out = table.new_zeros((k, ph * pw * c))
     return out.view(k, ph, pw, c).permute(0, 3, 1, 2)
 
 
 class GatherMultiScaleRoIAlign(ParallelMultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (FPN level assignment ``k0 + log2(sqrt(wh)/224)``,
     same ``featmap_names``, ``output_size``, ``sampling_ratio``) whose per-level pooling is
-    :func:`roi_align_gather` on channels-last maps (the result is channels-last), and
-    :class:`~detector.modeling.parallel_pool.ParallelMultiScaleRoIAlign`'s otherwise.
-    :meth:`from_module` converts an existing pooler."""
+    :func:`roi_align_gather`: gathered on channels-last maps (the result is then channels-last),
+    :class:`~detector.modeling.parallel_pool.ParallelMultiScaleRoIAlign`'s threaded kernel on
+    others. :meth:`from_module` converts an existing pooler."""
 
-    @classmethod
-    def from_module(
-        cls, pooler: MultiScaleRoIAlign, workers: int | None = None
-    ) -> GatherMultiScaleRoIAlign:
-        new = super().from_module(pooler, workers)
-        assert isinstance(new, GatherMultiScaleRoIAlign)
-        return new
-
-    def forward(
-        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
-    ) -> Tensor:
-        levels = [x[name] for name in self.featmap_names]
-        if torch.jit.is_scripting() or torch.jit.is_tracing() or not gather_applies(levels[0]):
-            return super().forward(x, boxes, image_shapes)
-        if self.scales is None or self.map_levels is None:
-            # torchvision infers the scales from all the image sizes; pools no RoI here
-            super().forward(x, [b[:0] for b in boxes], image_shapes)
-        assert self.scales is not None and self.map_levels is not None
-        rois = boxes_to_rois([b.to(levels[0].dtype) for b in boxes])
-        options = {"sampling_ratio": self.sampling_ratio, "workers": self.workers}
-        if len(levels) == 1:
-            return roi_align_gather(levels[0], rois, self.output_size, self.scales[0], **options)
-        level_of_roi = self.map_levels(boxes)
-        ph, pw = _pair(self.output_size)
-        channels = levels[0].shape[1]
-        result = levels[0].new_zeros((rois.shape[0], ph * pw * channels))
-        for level, (feature, scale) in enumerate(zip(levels, self.scales, strict=True)):
-            index = torch.where(level_of_roi == level)[0]
-            if index.numel():
-                pooled = roi_align_gather(feature, rois[index], self.output_size, scale, **options)
-                # channels-last (R, C, Ph, Pw) is (R, Ph, Pw, C) in memory: one row per RoI
-                rows = pooled.permute(0, 2, 3, 1).reshape(index.numel(), -1)
-                result.index_copy_(0, index, rows)
-        return result.view(-1, ph, pw, channels).permute(0, 3, 1, 2)
+    align_op = staticmethod(roi_align_gather)

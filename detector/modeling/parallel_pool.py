@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Self
 
 import torch
 from torch import Tensor
@@ -90,9 +91,7 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
     workers: int | None = None
 
     @classmethod
-    def from_module(
-        cls, pooler: MultiScaleRoIAlign, workers: int | None = None
-    ) -> ParallelMultiScaleRoIAlign:
+    def from_module(cls, pooler: MultiScaleRoIAlign, workers: int | None = None) -> Self:
         new = cls(
             featmap_names=list(pooler.featmap_names),
             output_size=pooler.output_size,
@@ -102,6 +101,20 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
         )
         new.scales, new.map_levels, new.workers = pooler.scales, pooler.map_levels, workers
         return new
+
+    #: the per-level op, ``roi_align``'s arguments plus ``workers`` (subclasses swap it)
+    align_op = staticmethod(parallel_roi_align)
+
+    def _align(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        """Pool ``rois`` (K, 5) from one level with :attr:`align_op`."""
+        return self.align_op(
+            feature,
+            rois,
+            self.output_size,
+            scale,
+            sampling_ratio=self.sampling_ratio,
+            workers=self.workers,
+        )
 
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -114,17 +127,28 @@ class ParallelMultiScaleRoIAlign(MultiScaleRoIAlign):
             super().forward(x, [b[:0] for b in boxes], image_shapes)
         assert self.scales is not None and self.map_levels is not None
         rois = boxes_to_rois(boxes)
-        options = {"sampling_ratio": self.sampling_ratio, "workers": self.workers}
         if len(levels) == 1:
-            return parallel_roi_align(levels[0], rois, self.output_size, self.scales[0], **options)
+            return self._align(levels[0], rois, self.scales[0])
         level_of_roi = self.map_levels(boxes)
         first = levels[0]
-        result = first.new_zeros((rois.shape[0], first.shape[1], *self.output_size))
+        result: Tensor | None = None
         for level, (feature, scale) in enumerate(zip(levels, self.scales)):
             index = torch.where(level_of_roi == level)[0]
             if index.numel():
-                pooled = parallel_roi_align(
-                    feature, rois[index], self.output_size, scale, **options
-                )
-                result[index] = pooled.to(result.dtype)
+                pooled = self._align(feature, rois[index], scale)
+                if result is None:  # in the layout the op returns (channels-last or NCHW)
+                    result = _zeros_rows_like(pooled, rois.shape[0], first.dtype)
+                result.index_copy_(0, index, pooled.to(result.dtype))
+        if result is None:  # no RoI at all
+            return first.new_zeros((0, first.shape[1], *self.output_size))
         return result
+
+
+def _zeros_rows_like(pooled: Tensor, rows: int, dtype: torch.dtype) -> Tensor:
+    """Zeros of ``rows`` x ``pooled.shape[1:]`` in ``pooled``'s memory format."""
+    channels_last = not pooled.is_contiguous() and pooled.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (rows, *pooled.shape[1:])
+    return torch.empty(shape, dtype=dtype, device=pooled.device, memory_format=fmt).zero_()
