@@ -129,3 +129,13 @@ def test_summary_rows_give_the_median_per_round_speedup() -> None:
     assert retain["speedup"] == 2.0 and system["speedup"] is None
     assert system["median_s"] == 3.0 and system["yardsticks"] == 6.0
     assert system["faults_per_call"] == 100 and retain["faults_per_call"] == 1
+
+
+def test_the_log_names_what_was_applied(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(cli, "configure_cpu_allocator", lambda mode: True)
+    with caplog.at_level(logging.INFO, logger="detector.engine.cli"):
+        cli.configure_process(OmegaConf.create({"cpu_allocator": "system"}))
+    assert "cpu_allocator=system: glibc's thresholds set back" in caplog.text
+    assert "cpu_allocator=retain" not in caplog.text
